@@ -1,0 +1,1 @@
+"""Image encoder, text encoder, fusion head and baselines (torch)."""

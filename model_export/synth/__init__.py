@@ -1,0 +1,1 @@
+"""Synthetic lumbar MRI studies with ground truth (numpy and SimpleITK only; no torch)."""

@@ -1,0 +1,1 @@
+"""REST API: upload, study state, results, health and metrics."""

@@ -1,0 +1,1 @@
+"""② assemble: decide when a study is complete and which series the model reads."""

@@ -1,0 +1,100 @@
+"""Typed settings, the only place that reads the environment.
+
+Every setting has the prefix ``LUMBAR_AI_`` in the environment (``LUMBAR_AI_SPOOL_DIR``) and may come
+from an env file (``LUMBAR_AI_ENV_FILE``, default ``.env``). Secrets have no default.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Destination(BaseModel):
+    """A DICOM peer that receives our results over C-STORE."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LUMBAR_AI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Storage
+    data_dir: Path = Path("var")
+    """Root of the spool (received instances) and the results; sub-folders are derived below."""
+
+    # ① receive
+    ae_title: str = Field("LUMBAR_AI", min_length=1, max_length=16)
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    """Calling AE titles allowed to associate; empty allows any."""
+    allowed_ips: list[str] = Field(default_factory=list)
+    """Peer IP addresses or CIDR networks allowed to associate; empty allows any."""
+    require_called_aet: bool = True
+    max_associations: int = Field(16, ge=1)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    disk_reserve_mb: int = Field(1024, ge=0)
+    fsync: bool = True
+
+    # ② assemble
+    quiet_period_s: float = Field(30.0, ge=0)
+    series_rules: Path | None = None
+    """A YAML file of series selection rules; the shipped defaults when unset."""
+
+    # ③ queue
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stream_prefix: str = "lumbar-ai"
+    consumer_group: str = "workers"
+    visibility_timeout_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+    # ④ infer
+    model_dir: Path = Path("models/demo")
+    onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose."""
+    inter_op_threads: int = Field(1, ge=1)
+    slice_batch: int = Field(8, ge=1)
+
+    # ⑤ encode
+    seg_type: str = Field("BINARY", pattern="^(BINARY|LABELMAP)$")
+    manufacturer: str = "lumbar-ai project"
+
+    # ⑥ deliver
+    destinations: list[Destination] = Field(default_factory=list)
+    deliver_max_attempts: int = Field(8, ge=1)
+    deliver_backoff_s: float = Field(5.0, gt=0)
+    deliver_backoff_cap_s: float = Field(600.0, gt=0)
+    retention_days: float = Field(30.0, gt=0)
+
+    # api
+    api_host: str = "0.0.0.0"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    max_upload_mb: int = Field(2048, ge=1)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

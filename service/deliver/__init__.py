@@ -1,0 +1,1 @@
+"""⑥ deliver: C-STORE of results to the configured PACS destinations, with retries."""

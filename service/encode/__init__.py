@@ -1,0 +1,1 @@
+"""⑤ encode: DICOM SEG, TID 1500 SR, the JSON report and the preview image."""

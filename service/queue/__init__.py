@@ -1,0 +1,1 @@
+"""③ queue: Redis Streams jobs, consumer group, dead letters, and the study state."""

@@ -1,0 +1,1 @@
+"""① receive: the DICOM listener (C-ECHO, C-STORE) and the durable spool it writes."""

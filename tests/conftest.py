@@ -1,0 +1,51 @@
+"""Shared fixtures: paths to the optional ../shared data, a real Redis, free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian tool the test needs; skips with its name when absent (make test installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (make test installs it with apt-get)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (a fresh clone has no ../shared)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of a real Redis (scripts/run_tests.sh starts one when none answers); the DB is flushed."""
+    import redis
+
+    url = os.environ.get("LUMBAR_AI_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"no Redis answers at {url}; run the tests with make test")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
