@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_keys_file: Path | None = None
     max_upload_mb: int = Field(2048, ge=1)
+    api_tls_cert: Path | None = None
+    """PEM certificate for HTTPS served by uvicorn itself; unset when a reverse proxy terminates TLS."""
+    api_tls_key: Path | None = None
+    metrics_require_key: bool = True
+    """GET /metrics asks for an API key like every other route; false lets Prometheus scrape without one."""
+    worker_heartbeat_s: float = Field(15.0, gt=0)
+    """A worker counts as live for /readyz while its heartbeat is younger than three times this."""
 
     @property
     def spool_dir(self) -> Path:
