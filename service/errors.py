@@ -50,6 +50,14 @@ class ModelDirectoryError(InferenceError):
     """A model directory is missing a file or its model card is inconsistent."""
 
 
+class SeriesDecodeError(InferenceError):
+    """An instance of a selected series is unreadable or its pixel data cannot be decoded."""
+
+
+class InconsistentSeriesError(InferenceError):
+    """The instances of a series do not form one volume (mixed size or orientation, duplicate or missing slices)."""
+
+
 class EncodeError(LumbarAIError):
     """Results could not be encoded as DICOM SEG, SR or JSON."""
 
@@ -60,3 +68,7 @@ class DeliveryError(LumbarAIError):
 
 class SynthError(LumbarAIError):
     """Synthetic study generation was asked for something impossible."""
+
+
+class StudyNotFoundError(QueueError):
+    """No state is recorded for this StudyInstanceUID."""
