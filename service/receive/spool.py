@@ -1,0 +1,298 @@
+"""The durable spool: every acknowledged instance is a complete, fsynced file laid out by validated UIDs.
+
+Layout::
+
+    <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   the Part-10 file as received
+    <root>/<StudyInstanceUID>/.received                                   mtime = last instance stored
+
+Both the C-STORE handler and the REST upload call :meth:`Spool.store_file_bytes` (or
+:meth:`Spool.store_dataset`); nothing else is needed to get a study assembled and queued: storing touches
+the study's ``.received`` marker, and the assembler (``lumbar-ai listen``) watches the markers, so an upload
+through the API triggers exactly what a C-STORE does. The spool never talks to Redis, so receiving goes on
+while Redis is down.
+
+A file appears under its final name only after temp file + fsync + atomic rename + directory fsync; a crash
+leaves at most a ``.*.tmp`` file, which listings ignore and :meth:`Spool.remove_stale_temp_files` deletes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from service.errors import ReceiveError, SpoolFullError, UndecodableDatasetError
+from service.receive.uids import validate_uid
+
+MARKER = ".received"
+SUFFIX = ".dcm"
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What became of one instance: where it lies and whether it was new."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    duplicate: bool
+    """An identical file was already in the spool; nothing was written."""
+    ignored: bool
+    """Kept, but not an MR image: never a candidate for series selection (SR, PR, CT, a report...)."""
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """One instance file found in the spool (from the directory listing only; no header read)."""
+
+    series_uid: str
+    sop_uid: str
+    path: Path
+    size: int
+
+
+def _parse(data: bytes) -> Dataset:
+    """The dataset of a Part-10 file, checked complete; UndecodableDatasetError says what is wrong."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise UndecodableDatasetError("not a DICOM Part-10 stream (no 'DICM' prefix after the preamble)")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        for raw in ds.elements():  # raw elements: a value shorter than its declared length means truncated
+            if raw.length != _UNDEFINED_LENGTH and raw.value is not None and len(raw.value) != raw.length:
+                raise UndecodableDatasetError(
+                    f"element {raw.tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
+                )
+        for _ in ds:  # converts every element, nested sequences included: garbage raises here
+            pass
+        transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    except UndecodableDatasetError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
+        raise UndecodableDatasetError(f"dataset could not be parsed ({type(exc).__name__})") from exc
+    if transfer_syntax is None:
+        raise UndecodableDatasetError("file meta has no TransferSyntaxUID")
+    if "Rows" in ds and "Columns" in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
+        # pydicom drops an encapsulated Pixel Data whose sequence delimiter never came: truncated
+        raise UndecodableDatasetError("image has Rows and Columns but no complete pixel data (truncated?)")
+    return ds
+
+
+def _is_mr_image(ds: Dataset) -> bool:
+    return str(ds.get("Modality", "")).upper() == "MR" and any(k in ds for k in _PIXEL_KEYWORDS)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Writes received instances durably and lists what is there; one instance per SOP Instance UID."""
+
+    def __init__(self, root: Path, reserve_bytes: int = 0, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.reserve_bytes = int(reserve_bytes)
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings) -> Spool:
+        return cls(settings.spool_dir, settings.disk_reserve_mb * 1024 * 1024, settings.fsync)
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def store_file_bytes(self, data: bytes) -> StoredInstance:
+        """Store one Part-10 file exactly as given (compressed data stays compressed).
+
+        Raises UndecodableDatasetError (not DICOM, truncated, garbage), InvalidUIDError (a UID that could
+        steer the path), SpoolFullError (below the disk reserve or out of space; no partial file is left).
+        """
+        ds = _parse(data)
+        study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
+        transfer_syntax = validate_uid(ds.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID")
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        duplicate = self._write(path, data)
+        self._touch_marker(study_uid)
+        return StoredInstance(
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=transfer_syntax,
+            path=path,
+            size=len(data),
+            duplicate=duplicate,
+            ignored=not _is_mr_image(ds),
+        )
+
+    def store_dataset(self, ds: Dataset) -> StoredInstance:
+        """Store a pydicom dataset (it must carry file_meta with its TransferSyntaxUID)."""
+        buffer = io.BytesIO()
+        try:
+            ds.save_as(buffer, enforce_file_format=True)
+        except Exception as exc:
+            raise UndecodableDatasetError(
+                f"dataset could not be encoded ({type(exc).__name__}: {exc})"
+            ) from exc
+        return self.store_file_bytes(buffer.getvalue())
+
+    def _write(self, path: Path, data: bytes) -> bool:
+        """Write atomically; True when an identical file was already there (nothing written)."""
+        if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return True
+        self._ensure_dir(path.parent)
+        free = shutil.disk_usage(path.parent).free
+        if free - len(data) < self.reserve_bytes:
+            raise SpoolFullError(
+                f"spool has {free // 2**20} MiB free, reserve is {self.reserve_bytes // 2**20} MiB"
+            )
+        tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(f"no space left writing {path.name}") from exc
+            raise ReceiveError(f"could not write {path.name}: {exc.strerror}") from exc
+        return False
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create study/series directories, fsyncing each parent so a new directory survives a crash."""
+        missing = []
+        d = directory
+        while not d.exists() and d != self.root:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            d.mkdir(exist_ok=True)
+            if self.fsync:
+                _fsync_dir(d.parent)
+
+    def _touch_marker(self, study_uid: str) -> None:
+        marker = self.root / study_uid / MARKER
+        try:
+            os.utime(marker)
+        except FileNotFoundError:
+            marker.touch()
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return (
+            self.root
+            / validate_uid(study_uid, "StudyInstanceUID")
+            / validate_uid(series_uid, "SeriesInstanceUID")
+            / (validate_uid(sop_uid, "SOPInstanceUID") + SUFFIX)
+        )
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / validate_uid(study_uid, "StudyInstanceUID")
+
+    def studies(self) -> list[str]:
+        """Study UIDs present in the spool (directories whose name is a valid UID)."""
+        out = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_dir() and _valid_name(entry.name):
+                    out.append(entry.name)
+        return sorted(out)
+
+    def last_received(self, study_uid: str) -> float | None:
+        """Wall-clock time of the last instance stored for the study (its marker's mtime), None if absent."""
+        try:
+            return (self.study_dir(study_uid) / MARKER).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def instances(self, study_uid: str) -> list[SpooledFile]:
+        """Every complete instance file of a study, in a stable order; temp files are skipped."""
+        study_dir = self.study_dir(study_uid)
+        out: list[SpooledFile] = []
+        for series_dir in _scandirs(study_dir):
+            with os.scandir(series_dir.path) as files:
+                for f in files:
+                    if f.name.endswith(SUFFIX) and not f.name.startswith(".") and f.is_file():
+                        out.append(
+                            SpooledFile(
+                                series_dir.name, f.name[: -len(SUFFIX)], Path(f.path), f.stat().st_size
+                            )
+                        )
+        out.sort(key=lambda s: (s.series_uid, s.sop_uid))
+        return out
+
+    def content_digest(self, study_uid: str) -> str:
+        """Digest of what the study holds (SOP UIDs and sizes): changes whenever an instance is added."""
+        return digest_instances((f.sop_uid, f.size) for f in self.instances(study_uid))
+
+    def delete_study(self, study_uid: str) -> bool:
+        study_dir = self.study_dir(study_uid)
+        if not study_dir.exists():
+            return False
+        shutil.rmtree(study_dir)
+        return True
+
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files left by a crash; young ones may belong to a write in progress elsewhere."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for study_uid in self.studies():
+            for series_dir in _scandirs(self.root / study_uid):
+                with os.scandir(series_dir.path) as files:
+                    for f in files:
+                        if f.name.startswith(".") and f.name.endswith(".tmp") and f.stat().st_mtime < cutoff:
+                            Path(f.path).unlink(missing_ok=True)
+                            removed += 1
+        return removed
+
+
+def digest_instances(items: Iterator[tuple[str, int]] | list[tuple[str, int]]) -> str:
+    """sha256 over sorted "sop_uid:size" lines: the content identity used for job ids."""
+    h = hashlib.sha256()
+    for sop_uid, size in sorted(items):
+        h.update(f"{sop_uid}:{size}\n".encode())
+    return h.hexdigest()
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and len(name) <= 64 and all(c.isdigit() or c == "." for c in name)
+
+
+def _scandirs(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted((e for e in entries if e.is_dir() and _valid_name(e.name)), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
