@@ -1,0 +1,309 @@
+"""From the model's raw label map to levels a radiologist can read.
+
+Three steps, each recorded so the report can say what was changed:
+
+1. Connected components: per label the largest 3D component is the structure; other components are
+   fragments, dropped unless they are big enough to be a structure of their own (then step 2 places them).
+2. Anatomical consistency: structures ordered caudal to cranial along the spine axis must follow the
+   ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no label
+   used twice. The assignment that keeps the most of the model's labels under those rules is found by
+   dynamic programming; the others are relabelled or dropped.
+3. Per-level measurements (volume, disc height) and findings with the model card's decision thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from scipy import ndimage
+
+from service.ontology import Ontology, Structure
+
+FRAGMENT_FRACTION = 0.3
+"""A second component of one label is a candidate structure when at least this share of the largest."""
+MIN_STRUCTURE_MM3 = 50.0
+"""Below this a component is noise, whatever its label."""
+KEEP_SCORE = 1.0
+AGREE_SCORE = 2.0
+GAP_PENALTY = 0.75
+"""Per ontology position skipped between two kept neighbours (a structure the model did not find)."""
+DEFAULT_THRESHOLD = 0.5
+
+ChangeKind = Literal["fragment_removed", "relabelled", "dropped"]
+
+
+class Grid(Protocol):
+    """Geometry of the label map's grid (a SeriesVolume satisfies it)."""
+
+    pixel_spacing: tuple[float, float]
+    slice_spacing: float
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
+
+    def index_to_patient(self, ijk: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    key: str
+    name: str
+    probability: float
+    threshold: float
+    present: bool
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One structure as reported: its final label, where it came from, its size and findings."""
+
+    label: int
+    raw_label: int
+    name: str
+    kind: str
+    level: str
+    code_value: str
+    code_meaning: str
+    voxels: int
+    volume_mm3: float
+    centroid_mm: tuple[float, float, float]
+    disc_height_mm: float | None
+    findings: tuple[FindingResult, ...] = ()
+
+    @property
+    def positive_findings(self) -> list[FindingResult]:
+        return [f for f in self.findings if f.present]
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    raw_label: int
+    label: int | None
+    voxels: int
+    reason: str
+
+
+@dataclass
+class SpineResult:
+    labels: np.ndarray
+    """uint8 label map after clean-up and relabelling, on the model's (reference) grid."""
+    levels: list[LevelResult]
+    """Present structures, caudal to cranial."""
+    changes: list[Change] = field(default_factory=list)
+    spine_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+    def level(self, label: int) -> LevelResult:
+        for lv in self.levels:
+            if lv.label == label:
+                return lv
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "levels": [asdict(lv) for lv in self.levels],
+            "changes": [asdict(c) for c in self.changes],
+            "spine_axis": list(self.spine_axis),
+        }
+
+
+@dataclass
+class _Component:
+    raw_label: int
+    region: tuple[slice, slice, slice]
+    """Bounding box in the label map."""
+    mask: np.ndarray
+    """The component inside its bounding box."""
+    voxels: int
+    centroid_mm: np.ndarray
+    """Index coordinates until _spine_axis turns them into patient millimetres."""
+
+
+def postprocess(
+    raw_labels: np.ndarray,
+    finding_probs: dict[int, dict[str, float]],
+    ontology: Ontology,
+    thresholds: dict[str, float],
+    grid: Grid,
+) -> SpineResult:
+    """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
+    raw_labels = np.asarray(raw_labels)
+    voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
+    changes: list[Change] = []
+    components = _components(raw_labels, ontology, voxel_mm3, changes)
+    axis = _spine_axis(components, grid)
+    components.sort(key=lambda c: float(c.centroid_mm @ axis))
+    assigned = _assign(components, ontology)
+
+    labels = np.zeros(raw_labels.shape, dtype=np.uint8)
+    placed: list[tuple[_Component, Structure]] = []
+    for comp, structure in zip(components, assigned, strict=True):
+        if structure is None:
+            changes.append(Change("dropped", comp.raw_label, None, comp.voxels, "out of anatomical order"))
+            continue
+        if structure.label != comp.raw_label:
+            changes.append(
+                Change("relabelled", comp.raw_label, structure.label, comp.voxels, "out of anatomical order")
+            )
+        labels[comp.region][comp.mask] = structure.label
+        placed.append((comp, structure))
+
+    levels = []
+    for i, (comp, structure) in enumerate(placed):
+        height = None
+        if structure.kind == "disc":
+            below = placed[i - 1][0].centroid_mm if i > 0 else None
+            above = placed[i + 1][0].centroid_mm if i + 1 < len(placed) else None
+            height = _disc_height(comp.mask, grid, _local_axis(below, above, axis))
+        levels.append(
+            LevelResult(
+                label=structure.label,
+                raw_label=comp.raw_label,
+                name=structure.name,
+                kind=structure.kind,
+                level=structure.level,
+                code_value=structure.code_value,
+                code_meaning=structure.code_meaning,
+                voxels=comp.voxels,
+                volume_mm3=round(comp.voxels * voxel_mm3, 1),
+                centroid_mm=tuple(round(float(v), 2) for v in comp.centroid_mm),  # type: ignore[arg-type]
+                disc_height_mm=None if height is None else round(height, 2),
+                findings=_findings(structure, finding_probs.get(comp.raw_label, {}), ontology, thresholds),
+            )
+        )
+    return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
+
+
+def _components(
+    raw_labels: np.ndarray, ontology: Ontology, voxel_mm3: float, changes: list[Change]
+) -> list[_Component]:
+    out: list[_Component] = []
+    structure_labels = {s.label for s in ontology.structures}
+    full = np.ones((3, 3, 3), dtype=bool)
+    boxes = ndimage.find_objects(raw_labels.astype(np.int32, copy=False))
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        if value not in structure_labels:
+            total = int(np.count_nonzero(raw_labels[box] == value))
+            changes.append(Change("dropped", value, None, total, "label not in the ontology"))
+            continue
+        cc, _ = ndimage.label(raw_labels[box] == value, structure=full)
+        sizes = np.bincount(cc.ravel())[1:]
+        largest = int(sizes.max())
+        for rank, index in enumerate(np.argsort(-sizes, kind="stable")):
+            size = int(sizes[index])
+            big_enough = size * voxel_mm3 >= MIN_STRUCTURE_MM3
+            if big_enough and (rank == 0 or size >= FRAGMENT_FRACTION * largest):
+                local = cc == index + 1
+                sub = ndimage.find_objects(local.astype(np.int8))[0]
+                offset = np.array([box[d].start + sub[d].start for d in range(3)], dtype=np.float64)
+                region = tuple(
+                    slice(box[d].start + sub[d].start, box[d].start + sub[d].stop) for d in range(3)
+                )
+                mask = local[sub]
+                centroid = np.asarray(ndimage.center_of_mass(mask), dtype=np.float64) + offset
+                out.append(_Component(value, region, mask, size, centroid))
+            else:
+                reason = "smaller than a structure" if not big_enough else "fragment of a larger component"
+                changes.append(Change("fragment_removed", value, None, size, reason))
+    return out
+
+
+def _spine_axis(components: list[_Component], grid: Grid) -> np.ndarray:
+    """Caudal-to-cranial unit vector in patient space: main direction of the centroids, pointing to +z."""
+    for c in components:
+        c.centroid_mm = grid.index_to_patient(c.centroid_mm)
+    if len(components) < 3:
+        axis = np.array([0.0, 0.0, 1.0])
+    else:
+        points = np.stack([c.centroid_mm for c in components])
+        _, _, vt = np.linalg.svd(points - points.mean(axis=0), full_matrices=False)
+        axis = vt[0]
+    if axis[2] < 0:  # LPS: +z is superior (cranial)
+        axis = -axis
+    return axis / np.linalg.norm(axis)
+
+
+def _assign(components: list[_Component], ontology: Ontology) -> list[Structure | None]:
+    """Strictly increasing ontology positions with matching kinds, keeping most of the model's labels."""
+    order = ontology.caudal_to_cranial()
+    position = {s.label: i for i, s in enumerate(order)}
+    n_pos = len(order)
+    neg = -1e18
+    # best[i][p + 1]: best score after the first i components with the last kept one at position p (-1: none)
+    best = np.full((len(components) + 1, n_pos + 1), neg)
+    best[0][0] = 0.0
+    back: dict[tuple[int, int], tuple[int, int | None]] = {}
+    for i, comp in enumerate(components):
+        kind = ontology.by_label(comp.raw_label).kind
+        wanted = position[comp.raw_label]
+        for last in range(-1, n_pos):
+            score = best[i][last + 1]
+            if score == neg:
+                continue
+            if score > best[i + 1][last + 1]:  # drop this component
+                best[i + 1][last + 1] = score
+                back[(i + 1, last + 1)] = (last + 1, None)
+            for p in range(last + 1, n_pos):
+                if order[p].kind != kind:
+                    continue
+                gap = (p - last - 1) if last >= 0 else 0
+                new = score + KEEP_SCORE + (AGREE_SCORE if p == wanted else 0.0) - GAP_PENALTY * gap
+                if new > best[i + 1][p + 1] + 1e-9:
+                    best[i + 1][p + 1] = new
+                    back[(i + 1, p + 1)] = (last + 1, p)
+    state = int(np.argmax(best[len(components)]))
+    assigned: list[Structure | None] = [None] * len(components)
+    for i in range(len(components), 0, -1):
+        prev_state, p = back[(i, state)]
+        assigned[i - 1] = order[p] if p is not None else None
+        state = prev_state
+    return assigned
+
+
+def _local_axis(below: np.ndarray | None, above: np.ndarray | None, axis: np.ndarray) -> np.ndarray:
+    """Through the neighbouring vertebrae when both are known (lordosis tilts discs), else the spine axis."""
+    if below is not None and above is not None and np.linalg.norm(above - below) > 1e-6:
+        direction = above - below
+        return direction / np.linalg.norm(direction)
+    return axis
+
+
+def _disc_height(mask: np.ndarray, grid: Grid, axis: np.ndarray) -> float | None:
+    """Mean height on the sagittal slice with most disc: its area over its depth across the axis."""
+    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    k = int(np.argmax(per_slice))
+    rows, cols = np.nonzero(mask[k])
+    if rows.size == 0:
+        return None
+    in_plane = axis - float(axis @ grid.normal) * grid.normal
+    if np.linalg.norm(in_plane) < 1e-6:
+        return None
+    in_plane /= np.linalg.norm(in_plane)
+    across = np.cross(grid.normal, in_plane)
+    # Pixel centres in slice-plane millimetres, then their coordinate across the spine axis.
+    row_mm, col_mm = grid.pixel_spacing
+    points = np.outer(rows * row_mm, grid.col_dir) + np.outer(cols * col_mm, grid.row_dir)
+    t = points @ across
+    pixel_extent = abs(row_mm * float(grid.col_dir @ across)) + abs(col_mm * float(grid.row_dir @ across))
+    depth = float(t.max() - t.min()) + pixel_extent
+    area = rows.size * row_mm * col_mm
+    return area / depth if depth > 0 else None
+
+
+def _findings(
+    structure: Structure, probs: dict[str, float], ontology: Ontology, thresholds: dict[str, float]
+) -> tuple[FindingResult, ...]:
+    if structure.kind not in ("disc", "vertebra"):
+        return ()
+    out = []
+    for finding in ontology.findings_at(structure.kind):  # type: ignore[arg-type]
+        if finding.key not in probs:
+            continue
+        p = float(probs[finding.key])
+        threshold = float(thresholds.get(finding.key, DEFAULT_THRESHOLD))
+        out.append(FindingResult(finding.key, finding.name, round(p, 4), threshold, p >= threshold))
+    return tuple(out)

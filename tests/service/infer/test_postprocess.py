@@ -1,0 +1,177 @@
+"""Post-processing on hand-made label maps whose right answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.infer.postprocess import postprocess
+from service.infer.series import SeriesVolume
+from service.ontology import DEFAULT_ONTOLOGY as ONT
+
+SPACING = (0.8, 0.8)
+SLICE = 4.0
+ROWS, COLS, SLICES = 200, 48, 5
+VERTEBRA_ROWS, DISC_ROWS = 14, 5
+
+
+def grid(head_at_top: bool = True) -> SeriesVolume:
+    """Sagittal grid; rows run head to feet (or feet to head when head_at_top is False)."""
+    col_dir = np.array([0.0, 0.0, -1.0 if head_at_top else 1.0])
+    row_dir = np.array([0.0, 1.0, 0.0])
+    return SeriesVolume(
+        pixels=np.zeros((SLICES, ROWS, COLS), np.float32),
+        datasets=[],
+        origin=np.array([-10.0, -50.0, 100.0]),
+        row_dir=row_dir,
+        col_dir=col_dir,
+        normal=np.cross(row_dir, col_dir),
+        pixel_spacing=SPACING,
+        slice_spacing=SLICE,
+    )
+
+
+def spine(labels_caudal_to_cranial: list[int], head_at_top: bool = True) -> np.ndarray:
+    """Stacked boxes, one per label, caudal first; discs thinner than vertebrae; slices 1-3 only."""
+    out = np.zeros((SLICES, ROWS, COLS), np.uint8)
+    row = ROWS - 2
+    for label in labels_caudal_to_cranial:
+        height = DISC_ROWS if ONT.by_label(label).kind == "disc" else VERTEBRA_ROWS
+        top = row - height
+        rows = slice(top, row) if head_at_top else slice(ROWS - row, ROWS - top)
+        out[1:4, rows, 10:40] = label
+        row = top
+    return out
+
+
+CANONICAL = [s.label for s in ONT.caudal_to_cranial()][:11]  # sacrum .. L1 vertebra
+
+
+def test_consistent_spine_is_kept_as_is_and_ordered_caudal_to_cranial():
+    result = postprocess(spine(CANONICAL), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    assert result.changes == []
+    np.testing.assert_array_equal(result.labels, spine(CANONICAL))
+    l4 = result.level(ONT.by_level("L4", "vertebra").label)
+    assert l4.voxels == 3 * VERTEBRA_ROWS * 30
+    assert l4.volume_mm3 == pytest.approx(l4.voxels * SPACING[0] * SPACING[1] * SLICE)
+    assert l4.disc_height_mm is None
+    assert result.spine_axis[2] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_disc_height_of_a_flat_disc_is_its_thickness():
+    result = postprocess(spine(CANONICAL), {}, ONT, {}, grid())
+    disc = result.level(ONT.by_level("L4/L5", "disc").label)
+    assert disc.disc_height_mm == pytest.approx(DISC_ROWS * SPACING[0], rel=1e-6)
+
+
+def test_disc_height_of_a_tilted_disc_is_measured_across_the_local_axis():
+    labels = np.zeros((SLICES, ROWS, COLS * 3), np.uint8)
+    rr, cc = np.mgrid[0:ROWS, 0 : COLS * 3].astype(float)
+    angle = np.deg2rad(25.0)  # lordosis: the whole stack is rotated in the sagittal plane
+    along = (rr - 100) * np.cos(angle) + (cc - 70) * np.sin(angle)
+    across = -(rr - 100) * np.sin(angle) + (cc - 70) * np.cos(angle)
+    bands = [(-30, -10, ONT.by_level("L4", "vertebra").label), (-10, 0, ONT.by_level("L4/L5", "disc").label),
+             (0, 20, ONT.by_level("L5", "vertebra").label)]
+    for lo, hi, label in bands:
+        labels[1:4][:, (along >= lo) & (along < hi) & (np.abs(across) < 20)] = label
+    g = grid()
+    g.pixels = np.zeros(labels.shape, np.float32)
+    disc = postprocess(labels, {}, ONT, {}, g).level(ONT.by_level("L4/L5", "disc").label)
+    assert disc.disc_height_mm == pytest.approx(10 * SPACING[0], rel=0.08)
+    # A vertical measurement would read 10 / cos(25 deg) = 11 pixels and fail the tolerance above.
+
+
+def test_small_fragment_of_a_label_is_removed_and_recorded():
+    labels = spine(CANONICAL)
+    l3 = ONT.by_level("L3", "vertebra").label
+    labels[2, 5:8, 0:3] = l3  # a few voxels far from the spine
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [(c.kind, c.raw_label, c.voxels) for c in result.changes] == [("fragment_removed", l3, 9)]
+    np.testing.assert_array_equal(result.labels, spine(CANONICAL))
+
+
+def test_swapped_vertebrae_are_relabelled_in_order_and_keep_their_findings():
+    l3, l4 = ONT.by_level("L3", "vertebra").label, ONT.by_level("L4", "vertebra").label
+    swapped = [{l3: l4, l4: l3}.get(v, v) for v in CANONICAL]
+    probs = {l3: {"vertebral_degeneration": 0.9}, l4: {"vertebral_degeneration": 0.1}}
+    result = postprocess(spine(swapped), probs, ONT, {"vertebral_degeneration": 0.5}, grid())
+
+    assert [lv.label for lv in result.levels] == CANONICAL
+    np.testing.assert_array_equal(result.labels, spine(CANONICAL))
+    relabelled = {(c.raw_label, c.label) for c in result.changes if c.kind == "relabelled"}
+    assert relabelled == {(l3, l4), (l4, l3)}
+    # The component the model called L3 (now L4) carries the probability the model gave it.
+    assert result.level(l4).raw_label == l3
+    assert result.level(l4).findings[0].probability == pytest.approx(0.9)
+    assert result.level(l4).findings[0].present
+
+
+def test_a_label_used_twice_is_relabelled_to_the_free_level():
+    l3, l4 = ONT.by_level("L3", "vertebra").label, ONT.by_level("L4", "vertebra").label
+    twice = [l4 if v == l3 else v for v in CANONICAL]
+    result = postprocess(spine(twice), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    assert [(c.kind, c.raw_label, c.label) for c in result.changes] == [("relabelled", l4, l3)]
+
+
+def test_a_second_sacrum_above_the_lumbar_spine_is_dropped():
+    sacrum = ONT.by_level("S1", "sacrum").label
+    result = postprocess(spine([*CANONICAL[:5], sacrum]), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL[:5]
+    assert [(c.kind, c.raw_label) for c in result.changes] == [("dropped", sacrum)]
+    assert not (result.labels == 0).all() and (result.labels == sacrum).sum() == 3 * VERTEBRA_ROWS * 30
+
+
+def test_a_missed_disc_leaves_a_gap_without_relabelling():
+    without = [v for v in CANONICAL if v != ONT.by_level("L3/L4", "disc").label]
+    result = postprocess(spine(without), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == without
+    assert result.changes == []
+
+
+def test_order_follows_patient_space_not_row_index():
+    result = postprocess(spine(CANONICAL, head_at_top=False), {}, ONT, {}, grid(head_at_top=False))
+    assert [lv.label for lv in result.levels] == CANONICAL
+    assert result.changes == []
+
+
+def test_labels_outside_the_ontology_are_dropped():
+    labels = spine(CANONICAL)
+    labels[0, 0:10, 0:10] = 42
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [(c.kind, c.raw_label, c.voxels) for c in result.changes] == [("dropped", 42, 100)]
+    assert 42 not in result.labels
+
+
+def test_findings_use_card_thresholds_and_only_the_findings_of_the_site():
+    disc = ONT.by_level("L4/L5", "disc").label
+    vertebra = ONT.by_level("L4", "vertebra").label
+    probs = {
+        disc: {"disc_bulging": 0.7, "disc_protrusion": 0.2, "schmorl_node": 0.55, "vertebral_degeneration": 0.99},
+        vertebra: {"vertebral_degeneration": 0.3, "disc_extrusion": 0.99},
+    }
+    thresholds = {"disc_bulging": 0.6, "schmorl_node": 0.6, "vertebral_degeneration": 0.25}
+    result = postprocess(spine(CANONICAL), probs, ONT, thresholds, grid())
+
+    disc_findings = {f.key: f for f in result.level(disc).findings}
+    assert set(disc_findings) == {"disc_bulging", "disc_protrusion", "schmorl_node"}
+    assert disc_findings["disc_bulging"].present and disc_findings["disc_bulging"].threshold == 0.6
+    assert not disc_findings["disc_protrusion"].present  # default threshold 0.5
+    assert not disc_findings["schmorl_node"].present
+    vertebra_findings = result.level(vertebra).findings
+    assert [(f.key, f.present) for f in vertebra_findings] == [("vertebral_degeneration", True)]
+    assert result.level(ONT.by_level("S1", "sacrum").label).findings == ()
+
+
+def test_empty_prediction_gives_no_levels():
+    result = postprocess(np.zeros((SLICES, ROWS, COLS), np.uint8), {}, ONT, {}, grid())
+    assert result.levels == [] and result.changes == [] and not result.labels.any()
+
+
+def test_result_serialises_to_plain_data():
+    import json
+
+    result = postprocess(spine(CANONICAL), {}, ONT, {}, grid())
+    data = json.loads(json.dumps(result.to_dict()))
+    assert [lv["name"] for lv in data["levels"]][:3] == ["Sacrum", "L5/S1 disc", "L5 vertebra"]
