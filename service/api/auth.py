@@ -26,6 +26,8 @@ def load_api_keys(settings: Settings) -> tuple[bytes, ...]:
     if settings.api_keys_file is not None:
         keys.extend(_read_keys_file(settings.api_keys_file))
     keys = [k for k in keys if k]
+    if any(k.startswith("change-me") for k in keys):
+        raise ConfigError("the example API key from .env.example is still set: replace it (openssl rand -hex 32)")
     short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
     if short:
         raise ConfigError(f"{len(short)} API key(s) shorter than {MIN_KEY_LENGTH} characters")
