@@ -72,3 +72,7 @@ class SynthError(LumbarAIError):
 
 class StudyNotFoundError(QueueError):
     """No state is recorded for this StudyInstanceUID."""
+
+
+class ModelExportError(LumbarAIError):
+    """An exported model failed its own check (ONNX checker, runtime parity, label-map agreement)."""
