@@ -18,6 +18,7 @@ from types import ModuleType
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_export.synth.cli_synth", "generate synthetic lumbar MRI studies with ground truth"),
     "synth-sheet": ("model_export.synth.cli_sheet", "write a PNG contact sheet of a generated study"),
+    "listen": ("service.receive.cli", "run the DICOM listener and the study assembler (receive, assemble, enqueue)"),
 }
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     quiet_period_s: float = Field(30.0, ge=0)
     series_rules: Path | None = None
     """A YAML file of series selection rules; the shipped defaults when unset."""
+    series_settle_s: float = Field(5.0, ge=0)
+    """A study completes before its quiet period once its sagittal T1 and T2 have not grown for this long."""
+    assembler_poll_s: float = Field(0.5, gt=0)
 
     # ③ queue
     redis_url: str = "redis://127.0.0.1:6379/0"

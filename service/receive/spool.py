@@ -4,6 +4,7 @@ Layout::
 
     <root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   the Part-10 file as received
     <root>/<StudyInstanceUID>/.received                                   mtime = last instance stored
+    <root>/<StudyInstanceUID>/.assembled                                  content digest last assembled
 
 Both the C-STORE handler and the REST upload call :meth:`Spool.store_file_bytes` (or
 :meth:`Spool.store_dataset`); nothing else is needed to get a study assembled and queued: storing touches
@@ -35,6 +36,7 @@ from service.errors import ReceiveError, SpoolFullError, UndecodableDatasetError
 from service.receive.uids import validate_uid
 
 MARKER = ".received"
+ASSEMBLED = ".assembled"
 SUFFIX = ".dcm"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -256,6 +258,20 @@ class Spool:
     def content_digest(self, study_uid: str) -> str:
         """Digest of what the study holds (SOP UIDs and sizes): changes whenever an instance is added."""
         return digest_instances((f.sop_uid, f.size) for f in self.instances(study_uid))
+
+    def read_assembled(self, study_uid: str) -> str | None:
+        """The content digest the assembler last turned into a job (or a failure), None if never."""
+        try:
+            return (self.study_dir(study_uid) / ASSEMBLED).read_text(encoding="ascii").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_assembled(self, study_uid: str, digest: str) -> None:
+        """Remember that this content was assembled; losing it in a crash only repeats an idempotent step."""
+        target = self.study_dir(study_uid) / ASSEMBLED
+        tmp = target.with_name(f".assembled.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(digest, encoding="ascii")
+        os.replace(tmp, target)
 
     def delete_study(self, study_uid: str) -> bool:
         study_dir = self.study_dir(study_uid)

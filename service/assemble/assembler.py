@@ -1,0 +1,232 @@
+"""Study assembly: watch the spool, decide when a study is complete, select its series, enqueue its job.
+
+Runs as a background thread of ``lumbar-ai listen``. It reads only the filesystem to decide (the spool's
+per-study ``.received`` marker and directory listings), so studies keep arriving while Redis is down, and
+it reaches Redis only to record state and enqueue. A study is assembled when
+
+* its quiet period has passed since the last instance (settings.quiet_period_s), or
+* earlier, when its sagittal T1 and T2 are both present and neither has grown for settings.series_settle_s.
+
+After assembling, the spool's ``.assembled`` file holds the digest of the study's content; a study whose
+content differs from it (new instances, or a restart before the job was enqueued) is assembled again, which
+is the start-up reconciliation: no complete study is ever left unqueued. Job ids make that repetition safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.assemble.headers import InstanceHeader, read_header
+from service.assemble.rules import SeriesRules
+from service.assemble.selection import Selection, select_series
+from service.errors import QueueError, StudyNotFoundError
+from service.queue.jobs import Job, make_job_id
+from service.queue.state import StudyRecord, StudyState, StudyStore
+from service.queue.stream import JobQueue
+from service.receive.spool import Spool, SpooledFile, digest_instances
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tracked:
+    """What the assembler remembers about one study between polls (in memory only)."""
+
+    settled_mtime: float | None = None
+    headers: dict[str, tuple[int, InstanceHeader]] = field(default_factory=dict)
+    series_counts: dict[str, int] = field(default_factory=dict)
+    series_changed_at: dict[str, float] = field(default_factory=dict)
+    recorded_instances: int = -1
+
+
+class Assembler:
+    def __init__(
+        self,
+        spool: Spool,
+        store: StudyStore,
+        queue: JobQueue,
+        rules: SeriesRules,
+        quiet_period_s: float,
+        settle_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.queue = queue
+        self.rules = rules
+        self.quiet_period_s = quiet_period_s
+        self.settle_s = min(settle_s, quiet_period_s)
+        self.clock = clock
+        self._tracked: dict[str, _Tracked] = {}
+        self._lock = threading.Lock()
+        self._redis_down = False
+
+    # -- the background loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
+        """Reconcile the spool, then poll until stop is set."""
+        LOG.info("assembler: reconciling %d studies in the spool", len(self.spool.studies()))
+        self.poll()
+        while not stop.wait(interval_s):
+            self.poll()
+
+    def start(self, stop: threading.Event, interval_s: float = 0.5) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop, interval_s), name="assembler", daemon=True)
+        thread.start()
+        return thread
+
+    def poll(self) -> list[StudyRecord]:
+        """One pass over the spool; the records of the studies assembled in it."""
+        done: list[StudyRecord] = []
+        with self._lock:
+            present = set()
+            for study_uid in self.spool.studies():
+                present.add(study_uid)
+                mtime = self.spool.last_received(study_uid)
+                tracked = self._tracked.setdefault(study_uid, _Tracked())
+                if mtime is None or tracked.settled_mtime == mtime:
+                    continue
+                try:
+                    record = self._check(study_uid, tracked, mtime)
+                except StudyNotFoundError:
+                    LOG.warning("assembler: study %s was deleted while being assembled", study_uid)
+                    continue
+                except QueueError as exc:
+                    if not self._redis_down:
+                        LOG.warning("assembler: Redis unavailable, will enqueue when it is back (%s)", exc)
+                    self._redis_down = True
+                    break  # every other study would fail the same way; retry on the next poll
+                except Exception:
+                    LOG.exception(
+                        "assembler: study %s could not be assembled; retried when it changes", study_uid
+                    )
+                    tracked.settled_mtime = mtime
+                    continue
+                if self._redis_down:
+                    LOG.info("assembler: Redis is back")
+                    self._redis_down = False
+                if record is not None:
+                    done.append(record)
+            for gone in set(self._tracked) - present:
+                del self._tracked[gone]
+        return done
+
+    def _check(self, study_uid: str, tracked: _Tracked, mtime: float) -> StudyRecord | None:
+        files = self.spool.instances(study_uid)
+        digest = digest_instances((f.sop_uid, f.size) for f in files)
+        if self.spool.read_assembled(study_uid) == digest:
+            tracked.settled_mtime = mtime
+            tracked.headers.clear()
+            return None
+        now = self.clock()
+        if tracked.recorded_instances != len(files):
+            self.store.ensure(study_uid, instances=len(files))
+            tracked.recorded_instances = len(files)
+        if now - mtime >= self.quiet_period_s:
+            why = f"complete: no new instance for {self.quiet_period_s:g} s"
+        else:
+            selection = select_series(self._headers(tracked, files), self.rules)
+            chosen = [s for s in (selection.t1, selection.t2) if s is not None]
+            if len(chosen) < 2 or any(
+                now - tracked.series_changed_at[s.series_uid] < self.settle_s for s in chosen
+            ):
+                return None
+            why = f"complete: sagittal T1 and T2 present and unchanged for {self.settle_s:g} s"
+        record = self._assemble(study_uid, files, digest, tracked, why)
+        tracked.settled_mtime = mtime
+        return record
+
+    # -- assembling one study ------------------------------------------------------------------------------
+
+    def assemble(self, study_uid: str, why: str = "complete: processing requested") -> StudyRecord:
+        """Assemble a study now, whatever its quiet period (POST /studies/{uid}/process)."""
+        with self._lock:
+            files = self.spool.instances(study_uid)
+            if not files:
+                raise StudyNotFoundError(f"no instances of study {study_uid} in the spool")
+            digest = digest_instances((f.sop_uid, f.size) for f in files)
+            self.store.ensure(study_uid, instances=len(files))
+            tracked = self._tracked.setdefault(study_uid, _Tracked())
+            return self._assemble(study_uid, files, digest, tracked, why)
+
+    def _assemble(
+        self, study_uid: str, files: list[SpooledFile], digest: str, tracked: _Tracked, why: str
+    ) -> StudyRecord:
+        selection = select_series(self._headers(tracked, files), self.rules)
+        fields = _record_fields(selection, why)
+        self.store.ensure(study_uid)
+        if selection.error:
+            record = self.store.transition(study_uid, StudyState.FAILED, error=selection.error, **fields)
+            LOG.info("study %s failed assembly: %s", study_uid, selection.error)
+        else:
+            job = Job(
+                job_id=make_job_id(study_uid, selection.selected_instances),
+                study_uid=study_uid,
+                t2_series_uid=selection.t2.series_uid if selection.t2 else None,
+                t1_series_uid=selection.t1.series_uid if selection.t1 else None,
+            )
+            if self.queue.enqueue(job):
+                record = self.store.transition(
+                    study_uid, StudyState.QUEUED, job_id=job.job_id, attempts=0, error=None, **fields
+                )
+                LOG.info("study %s queued as job %s (%d instances)", study_uid, job.job_id, len(files))
+            else:
+                record = self._already_known(study_uid, job, fields)
+        self.spool.write_assembled(study_uid, digest)
+        tracked.headers.clear()
+        return record
+
+    def _already_known(self, study_uid: str, job: Job, fields: dict) -> StudyRecord:
+        """The same selected content was enqueued before: keep its state unless the record lost track."""
+        current = self.store.get(study_uid)
+        if current is not None and current.job_id == job.job_id and current.state != StudyState.RECEIVED:
+            return self.store.update(study_uid, **fields)
+        status = self.queue.job_status(job.job_id)
+        if status == "done":
+            return self.store.transition(study_uid, StudyState.DONE, job_id=job.job_id, **fields)
+        if status == "dead":
+            return self.store.transition(
+                study_uid,
+                StudyState.FAILED,
+                job_id=job.job_id,
+                error="this content failed before and was dead-lettered; POST /studies/{uid}/retry to try again",
+                **fields,
+            )
+        return self.store.transition(study_uid, StudyState.QUEUED, job_id=job.job_id, **fields)
+
+    def _headers(self, tracked: _Tracked, files: list[SpooledFile]) -> list[InstanceHeader]:
+        """Headers of every instance, each file read once while the study is being watched."""
+        now = self.clock()
+        headers = []
+        fresh: dict[str, tuple[int, InstanceHeader]] = {}
+        for f in files:
+            key = str(f.path)
+            cached = tracked.headers.get(key)
+            if cached is None or cached[0] != f.size:
+                cached = (f.size, read_header(f.path, f.series_uid, f.sop_uid, f.size))
+            fresh[key] = cached
+            headers.append(cached[1])
+        tracked.headers = fresh
+        counts = Counter(h.series_uid for h in headers)
+        for series_uid, count in counts.items():
+            if tracked.series_counts.get(series_uid) != count:
+                tracked.series_counts[series_uid] = count
+                tracked.series_changed_at[series_uid] = now
+        return headers
+
+
+def _record_fields(selection: Selection, why: str) -> dict:
+    return {
+        "instances": selection.instances,
+        "ignored_instances": selection.ignored_instances,
+        "series": selection.series,
+        "t1_series_uid": selection.t1.series_uid if selection.t1 else None,
+        "t2_series_uid": selection.t2.series_uid if selection.t2 else None,
+        "decisions": [why, *selection.decisions],
+        "warnings": selection.warnings,
+    }
