@@ -1,0 +1,1 @@
+"""Held-out evaluation: segmentation overlap, per-level findings, paired tests (``lumbar-ai evaluate``)."""

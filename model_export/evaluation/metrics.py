@@ -1,0 +1,83 @@
+"""Overlap and detection metrics with their definitions stated where they are computed.
+
+Dice and IoU are computed per structure per case on the original acquisition grid; a structure absent
+from both the prediction and the truth of a case is skipped for that case (undefined, not 1). Means are
+over cases. Findings are counted per level: one decision per (case, structure, finding) that the truth
+states, with the structure present in the truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFINITIONS = {
+    "dice": "2|P∩T| / (|P|+|T|) per structure per case on the acquisition grid; skipped when both empty",
+    "iou": "|P∩T| / |P∪T| per structure per case; skipped when both empty",
+    "case_miou": "mean IoU over the structures defined in that case",
+    "miou": "mean over cases of case_miou, with the SD over cases",
+    "findings": "one decision per (case, level, finding) stated by the truth; recall = TP/(TP+FN), "
+                "precision = TP/(TP+FP), FPR = FP/(FP+TN)",
+}
+
+
+def overlap_per_structure(pred: np.ndarray, truth: np.ndarray, labels: list[int]
+                          ) -> dict[int, tuple[float, float]]:
+    """label -> (Dice, IoU) for labels present in prediction or truth."""
+    out: dict[int, tuple[float, float]] = {}
+    # one pass: joint histogram of (truth, pred) pairs
+    n = int(max(labels + [int(pred.max(initial=0)), int(truth.max(initial=0))])) + 1
+    joint = np.bincount(truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel(),
+                        minlength=n * n).reshape(n, n)
+    for label in labels:
+        inter = float(joint[label, label])
+        t = float(joint[label].sum())
+        p = float(joint[:, label].sum())
+        if t + p == 0:
+            continue
+        out[label] = (2 * inter / (t + p), inter / (t + p - inter))
+    return out
+
+
+@dataclass
+class Counts:
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+
+    def add(self, predicted: bool, actual: bool) -> None:
+        if predicted and actual:
+            self.tp += 1
+        elif predicted:
+            self.fp += 1
+        elif actual:
+            self.fn += 1
+        else:
+            self.tn += 1
+
+    def merged(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.tn + other.tn, self.fn + other.fn)
+
+    def rates(self) -> dict[str, float | int | None]:
+        def ratio(a: int, b: int) -> float | None:
+            return a / b if b else None
+
+        return {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn,
+                "recall": ratio(self.tp, self.tp + self.fn), "precision": ratio(self.tp, self.tp + self.fp),
+                "fpr": ratio(self.fp, self.fp + self.tn)}
+
+
+def best_f1_threshold(probs: np.ndarray, actual: np.ndarray, default: float = 0.5) -> float:
+    """The decision threshold with the best F1 on a validation set (default when it has no positives)."""
+    if actual.sum() == 0 or len(probs) == 0:
+        return default
+    best, best_f1 = default, -1.0
+    for t in np.linspace(0.05, 0.95, 19):
+        pred = probs >= t
+        tp = float((pred & actual).sum())
+        f1 = 2 * tp / (pred.sum() + actual.sum()) if (pred.sum() + actual.sum()) else 0.0
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best

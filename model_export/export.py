@@ -1,0 +1,256 @@
+"""Export a trained text-guided checkpoint to a model directory, and check the export against torch.
+
+The check has three parts, all of which must pass or the export fails with ``ModelExportError``:
+the ONNX checker on each graph; ONNX Runtime against torch on the same inputs, at the shapes used for
+export and at different batch, height, width and class counts (max abs difference per output against a
+tolerance); and the service's ONNX-only ``OnnxModel.predict`` against torch ``predict_volume`` on a
+generated study (share of identical voxels of the label map).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_export.model.network import FusionExport, LumbarSegmenter, load_checkpoint
+from model_export.model.predict import predict_volume
+from model_export.model.text_encoder import tokenize
+from service.errors import ModelExportError
+from service.infer.model import DEFAULT_NORMALISATION, OnnxModel
+from service.ontology import Ontology
+
+log = logging.getLogger(__name__)
+OPSET = 17
+TOLERANCE = 2e-3
+MIN_LABEL_AGREEMENT = 0.999
+SYNTHETIC_STATEMENT = ("trained on synthetic data only: SynthSeg-style generated lumbar MRI studies "
+                       "(label maps from SPIDER masks and procedural spines, randomised T1/T2 contrast); "
+                       "no real patient images were used for training")
+
+
+class _ImageEncoderGraph(nn.Module):
+    def __init__(self, model: LumbarSegmenter) -> None:
+        super().__init__()
+        self.encoder = model.image_encoder
+
+    def forward(self, image: torch.Tensor):
+        return self.encoder(image)
+
+
+class _TextEncoderGraph(nn.Module):
+    def __init__(self, model: LumbarSegmenter) -> None:
+        super().__init__()
+        self.encoder = model.text_encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> None:
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _check_graph(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # the checker raises several unrelated types
+        raise ModelExportError(f"ONNX checker rejected {path.name}: {exc}") from exc
+
+
+def _max_diff(module: nn.Module, path: Path, names: list[str], args: tuple, out_names: list[str]
+              ) -> dict[str, float]:
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        expected = module(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(out_names, {n: a.numpy() for n, a in zip(names, args, strict=True)})
+    diffs = {}
+    for name, e, g in zip(out_names, expected, got, strict=True):
+        e = e.numpy()
+        if e.shape != g.shape:
+            raise ModelExportError(f"{path.name}: output {name} has shape {g.shape}, torch gives {e.shape}")
+        if e.dtype == np.uint8:
+            diffs[f"{name}_disagreement"] = float((e != g).mean())
+        else:
+            diffs[name] = float(np.abs(e.astype(np.float64) - g).max()) if e.size else 0.0
+    return diffs
+
+
+def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dict[str, Any]:
+    """Write the three graphs and tokenizer.json; return the parity figures."""
+    torch.manual_seed(0)
+    structures, findings = (t.detach() for t in model.class_embeddings())
+    s = input_size
+    image = torch.rand(2, 2, s, s)
+    with torch.no_grad():
+        features, pooled = model.image_encoder(image)
+    ids, mask = tokenize(_tokenizer(model), ["L4/L5 disc", "disc protrusion on lumbar spine MRI"],
+                         model.cfg.text_max_length)
+    grid = torch.zeros(1, 1, s * 3, s * 2 + 7)
+    fusion = FusionExport(model.fusion).eval()
+    specs = {
+        "image_encoder.onnx": (_ImageEncoderGraph(model), (image,), ["image"], ["features", "pooled"],
+                               {"image": {0: "batch", 2: "height", 3: "width"},
+                                "features": {0: "batch", 2: "feature_height", 3: "feature_width"},
+                                "pooled": {0: "batch"}}),
+        "text_encoder.onnx": (_TextEncoderGraph(model), (ids, mask), ["input_ids", "attention_mask"],
+                              ["embeddings"], {"input_ids": {0: "texts", 1: "tokens"},
+                                               "attention_mask": {0: "texts", 1: "tokens"},
+                                               "embeddings": {0: "texts"}}),
+        "fusion_head.onnx": (fusion, (features, pooled, structures, findings, grid),
+                             ["features", "pooled", "structure_embeddings", "finding_embeddings", "output_grid"],
+                             ["labels", "class_mass", "finding_mass", "logits"],
+                             {"features": {0: "batch", 2: "feature_height", 3: "feature_width"},
+                              "pooled": {0: "batch"}, "structure_embeddings": {0: "classes"},
+                              "finding_embeddings": {0: "findings"},
+                              "output_grid": {2: "rows", 3: "cols"},
+                              "labels": {0: "batch", 1: "rows", 2: "cols"}, "class_mass": {0: "batch", 1: "classes"},
+                              "finding_mass": {0: "batch", 1: "classes", 2: "findings"},
+                              "logits": {0: "batch", 1: "classes_with_background", 2: "feature_height",
+                                         3: "feature_width"}}),
+    }
+    for name, (module, args, inputs, outputs, dynamic) in specs.items():
+        _export(module, args, out_dir / name, inputs, outputs, dynamic)
+        _check_graph(out_dir / name)
+    (out_dir / "tokenizer.json").write_text(model.tokenizer_json)
+    # parity at the export shapes, then at other batch / height / width / class counts
+    image2 = torch.rand(3, 2, s + 32, s - 16)
+    with torch.no_grad():
+        features2, pooled2 = model.image_encoder(image2)
+    ids2, mask2 = tokenize(_tokenizer(model), ["T12 vertebra", "Schmorl's node", "a sagittal MR image of the sacrum"],
+                           model.cfg.text_max_length)
+    cases = {
+        "image_encoder.onnx": [(image,), (image2,)],
+        "text_encoder.onnx": [(ids, mask), (ids2, mask2)],
+        "fusion_head.onnx": [(features, pooled, structures, findings, grid),
+                             (features2, pooled2, structures[:7], findings[:3], torch.zeros(1, 1, 97, 131))],
+    }
+    parity: dict[str, Any] = {"tolerance": TOLERANCE}
+    for name, variants in cases.items():
+        module, _, inputs, outputs, _ = specs[name]
+        per_variant = [_max_diff(module, out_dir / name, inputs, args, outputs) for args in variants]
+        parity[name] = {k: max(d[k] for d in per_variant) for k in per_variant[0]}
+        for key, value in parity[name].items():
+            limit = 1e-3 if key.endswith("_disagreement") else TOLERANCE
+            if value > limit:
+                raise ModelExportError(f"{name}: ONNX Runtime differs from torch on {key}: {value:.3g} > {limit}")
+    return parity
+
+
+def _tokenizer(model: LumbarSegmenter):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(model.tokenizer_json)
+
+
+def label_map_agreement(model: LumbarSegmenter, model_dir: Path, study: Any, input_size: int
+                        ) -> dict[str, Any]:
+    """Share of identical voxels between OnnxModel.predict and torch predict_volume on one study."""
+    onnx_model = OnnxModel.load(model_dir, intra_op_threads=2)
+    started = time.perf_counter()
+    got = onnx_model.predict(study.t2, study.t1, study.pixel_spacing)
+    onnx_s = time.perf_counter() - started
+    started = time.perf_counter()
+    expected = predict_volume(model, study.t2, study.t1, input_size)
+    torch_s = time.perf_counter() - started
+    agreement = float((got.labels == expected.labels).mean())
+    probs = expected.finding_probs()
+    diffs = [abs(v - float(probs[label - 1, [f.key for f in onnx_model.ontology.findings].index(k)]))
+             for label, values in got.finding_probs.items() for k, v in values.items()]
+    return {"study": study.name, "shape": list(got.labels.shape), "voxel_agreement": agreement,
+            "finding_prob_max_abs_diff": max(diffs) if diffs else 0.0,
+            "onnx_predict_s": round(onnx_s, 3), "torch_predict_s": round(torch_s, 3)}
+
+
+def default_parity_study(work: Path):
+    """One small generated study for the label-map check, when the caller names none."""
+    from model_export.data import read_generated_study
+    from model_export.synth import SynthConfig, generate_study
+    from model_export.synth.config import SMALL_TEST_CONFIG
+
+    folder = generate_study(work / "parity_study", seed=987654, config=SynthConfig(**SMALL_TEST_CONFIG))
+    return read_generated_study(Path(folder) if folder else work / "parity_study")
+
+
+def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str, Any], name: str,
+               version: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    run = ckpt["run"]
+    ontology = Ontology.from_dict(ckpt["ontology"])
+    size = run["model"]["input_size"]
+    return {
+        "name": name,
+        "version": version,
+        "architecture": {"kind": run["model"]["kind"], "image_encoder": f"ConvNeXt V2 {run['model']['encoder']}"
+                         " + FPN decoder to stride 2", "text_encoder": "all-MiniLM-L6-v2 (or --text-model) + "
+                         "linear projection", "fusion_head": "CLIP-Driven Universal Model style dynamic "
+                         "per-class heads; finding logits pooled per structure as log-mean-exp",
+                         "embed_dim": run["model"]["embed_dim"]},
+        "ontology": ontology.to_dict(),
+        "input": {"size": [size, size], "channels": ["T2", "T1"],
+                  "resize": "antialiased linear (triangle filter), half-pixel centres, per slice",
+                  "intensity_normalisation": DEFAULT_NORMALISATION,
+                  "grid": "T1 resampled onto the T2 grid by patient geometry (linear) before the call",
+                  "spacing": "none: every slice is resized to the input size whatever its spacing"},
+        "text": {"max_length": run["model"]["text_max_length"],
+                 "prompt_aggregation": "mean of the L2-normalised prompt embeddings of a class, re-normalised",
+                 "prompts": {s.name: s.prompt_texts() for s in ontology.structures}
+                 | {f.key: f.prompt_texts() for f in ontology.findings}},
+        "outputs": {"labels": "uint8 argmax on the caller's grid, no post-processing",
+                    "finding_probability": "sigmoid(log(sum finding_mass / sum class_mass)) over slices"},
+        "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
+                               for f in ontology.findings},
+        "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
+        "metrics": metrics or {},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version(), "opset": OPSET},
+        "export_parity": {"onnxruntime_vs_torch": parity, "label_map": agreement},
+    }
+
+
+def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, version: str = "0.1.0",
+                 parity_study: Any = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write and check a model directory; returns the model card."""
+    model, ckpt = load_checkpoint(Path(checkpoint))
+    if not isinstance(model, LumbarSegmenter) or not model.text_guided:
+        raise ModelExportError(f"{checkpoint} is a {ckpt['run']['model']['kind']} model; only the text-guided "
+                               "model exports to the three-graph model directory")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = model.cfg.input_size
+    parity = export_graphs(model, out_dir, size)
+    name = name or out_dir.name
+    # a provisional card lets OnnxModel load the directory for the label-map check
+    card = build_card(ckpt, parity, {}, name, version, metrics)
+    (out_dir / "model.json").write_text(json.dumps(card, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        study = parity_study if parity_study is not None else default_parity_study(Path(tmp))
+        agreement = label_map_agreement(model, out_dir, study, size)
+    if agreement["voxel_agreement"] < MIN_LABEL_AGREEMENT:
+        raise ModelExportError(f"ONNX-only label map agrees with torch on {agreement['voxel_agreement']:.4%} "
+                               f"of voxels, below {MIN_LABEL_AGREEMENT:.1%}")
+    card = build_card(ckpt, parity, agreement, name, version, metrics)
+    (out_dir / "model.json").write_text(json.dumps(card, indent=2))
+    log.info("exported %s: label agreement %.5f", out_dir, agreement["voxel_agreement"])
+    return card

@@ -1,0 +1,78 @@
+"""Fusion head where the text guides: per-class dynamic heads and per-level finding scores.
+
+Segmentation follows the CLIP-Driven Universal Model (Liu et al. 2023): a controller maps each class's
+embedding together with the pooled image feature to the weights of a tiny three-layer 1x1-conv head,
+which then runs on the decoder features. Written with einsum, so the class count is just the first
+dimension of the embedding input and the exported graph accepts any ontology size.
+
+Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
+through a small MLP). Those pixel logits are pooled inside each structure over the whole volume as a
+log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FINDING_LOGIT_CLAMP = 12.0
+
+
+class FusionHead(nn.Module):
+    def __init__(self, feat_dim: int, embed_dim: int, pooled_dim: int, head_width: int = 8,
+                 finding_dim: int = 32, controller_width: int = 128) -> None:
+        super().__init__()
+        c, d = feat_dim, head_width
+        self.shapes = [(d, c), (d,), (d, d), (d,), (d,), ()]
+        n_params = sum(math.prod(s) for s in self.shapes)
+        self.pooled_proj = nn.Linear(pooled_dim, controller_width, bias=False)
+        self.text_proj = nn.Linear(embed_dim, controller_width)
+        self.controller = nn.Sequential(nn.GELU(), nn.Linear(controller_width, controller_width), nn.GELU(),
+                                        nn.Linear(controller_width, n_params))
+        nn.init.normal_(self.controller[-1].weight, std=0.02)
+        nn.init.zeros_(self.controller[-1].bias)
+        self.background = nn.Conv2d(c, 1, 1)
+        self.pixel_proj = nn.Conv2d(c, finding_dim, 1)
+        self.finding_mlp = nn.Sequential(nn.Linear(embed_dim, 64), nn.GELU(), nn.Linear(64, finding_dim + 1))
+        self.finding_dim = finding_dim
+
+    def segment(self, features: torch.Tensor, pooled: torch.Tensor, class_embeddings: torch.Tensor
+                ) -> torch.Tensor:
+        """(B, K+1, h, w) logits: channel 0 is background, channel k the class of embedding row k-1."""
+        hidden = self.text_proj(class_embeddings).unsqueeze(0) + self.pooled_proj(pooled).unsqueeze(1)
+        params = self.controller(hidden)  # (B, K, n_params)
+        w1, b1, w2, b2, w3, b3 = self._split(params)
+        h = F.gelu(torch.einsum("bchw,bkdc->bkdhw", features, w1) + b1[..., None, None])
+        h = F.gelu(torch.einsum("bkchw,bkdc->bkdhw", h, w2) + b2[..., None, None])
+        logits = torch.einsum("bkchw,bkc->bkhw", h, w3) + b3[..., None, None]
+        return torch.cat([self.background(features), logits], dim=1)
+
+    def _split(self, params: torch.Tensor) -> list[torch.Tensor]:
+        out, start = [], 0
+        for shape in self.shapes:
+            n = math.prod(shape)
+            out.append(params[..., start:start + n].reshape(*params.shape[:2], *shape))
+            start += n
+        return out
+
+    def finding_logits(self, features: torch.Tensor, finding_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, F, h, w) per-pixel logits of each finding."""
+        query = self.finding_mlp(finding_embeddings)
+        pixels = self.pixel_proj(features)
+        scores = torch.einsum("bchw,fc->bfhw", pixels, query[:, :-1]) / math.sqrt(self.finding_dim)
+        return scores + query[:, -1][None, :, None, None]
+
+
+def finding_sums(finding_pixel_logits: torch.Tensor, class_weights: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-slice sums for log-mean-exp pooling: class mass (B, K) and sum of weight*exp(logit) (B, K, F)."""
+    expd = torch.exp(finding_pixel_logits.clamp(-FINDING_LOGIT_CLAMP, FINDING_LOGIT_CLAMP))
+    return class_weights.sum(dim=(2, 3)), torch.einsum("bkhw,bfhw->bkf", class_weights, expd)
+
+
+def pooled_finding_logits(class_mass: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
+    """(K, F) volume-level logits from per-slice sums; the numpy twin is service.infer.model.pool_findings."""
+    return torch.log(finding_mass.sum(0).clamp(min=1e-30)) - torch.log(class_mass.sum(0).clamp(min=1e-30))[:, None]

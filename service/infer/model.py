@@ -1,0 +1,233 @@
+"""The ONNX-only inference path of the text-guided model (numpy, onnxruntime, tokenizers; no torch).
+
+A model directory written by ``lumbar-ai export`` holds three graphs, a tokenizer and the model card:
+
+* ``text_encoder.onnx``: prompt token ids -> L2-normalised embeddings in the shared space. Run once at
+  load on the ontology's prompts; the mean per class is what guides the fusion head.
+* ``image_encoder.onnx``: (B, 2, S, S) normalised [T2, T1] slices -> decoder features and a pooled vector.
+* ``fusion_head.onnx``: features + class and finding embeddings -> per-slice label map on the original
+  grid, and per-structure sums from which per-level finding probabilities are pooled over the volume.
+
+The training code imports the preprocessing functions below, so serving and training resize and
+normalise the same way. Post-processing (connected components, level consistency) is the worker's job:
+``predict`` returns the raw argmax.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import InferenceError, ModelDirectoryError
+from service.infer.onnx_session import OnnxGraph
+from service.ontology import Ontology
+
+GRAPH_FILES = ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx")
+DEFAULT_NORMALISATION = {"method": "percentile_scale", "percentile": 99.5, "clip": [0.0, 2.0],
+                         "missing_sequence": "zeros"}
+
+
+# ---------------------------------------------------------------- preprocessing (shared with training)
+
+def normalise_intensity(volume: np.ndarray, percentile: float = 99.5, clip: tuple[float, float] = (0.0, 2.0)
+                        ) -> np.ndarray:
+    """Scale so that the given percentile maps to 1: MR intensities have no absolute unit."""
+    volume = np.asarray(volume, dtype=np.float32)
+    scale = float(np.percentile(volume, percentile)) if volume.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        return np.zeros_like(volume)
+    return np.clip(volume / scale, clip[0], clip[1]).astype(np.float32)
+
+
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of an antialiased linear resize with half-pixel centres.
+
+    Written as a matrix so a slice stack resizes with two matrix products; the triangle filter widens
+    with the downscale factor so that noise does not alias when 512-pixel slices shrink to the model size.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5
+    taps = np.arange(n_in)
+    weights = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - centres[:, None]) / support)
+    sums = weights.sum(axis=1, keepdims=True)
+    sums[sums == 0] = 1.0
+    return (weights / sums).astype(np.float32)
+
+
+def resize_slices(volume: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, rows, cols) -> (n, size[0], size[1]) with :func:`resize_matrix` along both in-plane axes."""
+    rows = resize_matrix(volume.shape[1], size[0])
+    cols = resize_matrix(volume.shape[2], size[1])
+    return np.einsum("rR,nRC,cC->nrc", rows, volume.astype(np.float32), cols, optimize=True)
+
+
+def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int],
+                normalisation: dict[str, Any] | None = None) -> np.ndarray:
+    """(n, 2, S, S) float32 in channel order [T2, T1]; a missing sequence is a channel of zeros."""
+    norm = normalisation or DEFAULT_NORMALISATION
+    reference = t2 if t2 is not None else t1
+    if reference is None:
+        raise InferenceError("neither a T2 nor a T1 volume was given")
+    if reference.ndim != 3:
+        raise InferenceError(f"expected a (slices, rows, cols) volume, got shape {reference.shape}")
+    channels = []
+    for volume in (t2, t1):
+        if volume is None:
+            channels.append(np.zeros((reference.shape[0], *size), dtype=np.float32))
+            continue
+        if volume.shape != reference.shape:
+            raise InferenceError(f"T2 and T1 must share one grid, got {t2.shape} and {t1.shape}")
+        scaled = normalise_intensity(volume, norm["percentile"], tuple(norm["clip"]))
+        channels.append(resize_slices(scaled, size))
+    return np.stack(channels, axis=1).astype(np.float32)
+
+
+def pool_findings(class_mass: np.ndarray, finding_mass: np.ndarray) -> np.ndarray:
+    """Volume-level finding logits per structure (K, F): log of the mass-weighted mean of exp(logit).
+
+    The fusion head returns per-slice sums, so pooling over any number of slice batches is a sum.
+    """
+    mass = class_mass.sum(axis=0)[:, None]
+    total = finding_mass.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.maximum(total, 1e-30) / np.maximum(mass, 1e-30))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ---------------------------------------------------------------- the model
+
+@dataclass
+class Prediction:
+    labels: np.ndarray
+    """uint8 (n_slices, rows, cols) on the input grid; raw argmax."""
+    finding_probs: dict[int, dict[str, float]]
+    """structure label -> {finding key: probability} for findings whose site matches the structure's kind."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class OnnxModel:
+    """A model directory loaded into ONNX Runtime sessions, with the prompt embeddings computed once."""
+
+    def __init__(self, model_dir: Path, card: dict[str, Any], graphs: dict[str, OnnxGraph],
+                 structure_embeddings: np.ndarray, finding_embeddings: np.ndarray) -> None:
+        self.model_dir = model_dir
+        self.card = card
+        self.ontology = Ontology.from_dict(card["ontology"])
+        self.version = str(card.get("version", "unknown"))
+        self.graphs = graphs
+        self.structure_embeddings = structure_embeddings
+        self.finding_embeddings = finding_embeddings
+        self.input_size = tuple(int(v) for v in card["input"]["size"])
+        self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
+        self.finding_thresholds = dict(card.get("finding_thresholds", {}))
+
+    @classmethod
+    def load(cls, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
+             inter_op_threads: int = 1) -> OnnxModel:
+        model_dir = Path(model_dir)
+        card_path = model_dir / "model.json"
+        if not card_path.is_file():
+            raise ModelDirectoryError(f"no model.json in {model_dir}")
+        try:
+            card = json.loads(card_path.read_text())
+            Ontology.from_dict(card["ontology"])
+            card["input"]["size"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
+        graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
+                  for name in GRAPH_FILES}
+        structures, findings = embed_ontology_prompts(model_dir, card, graphs["text_encoder.onnx"])
+        return cls(model_dir, card, graphs, structures, findings)
+
+    def predict(self, t2: np.ndarray | None, t1: np.ndarray | None, pixel_spacing: tuple[float, float],
+                slice_batch: int = 8) -> Prediction:
+        """Label map on the grid of the inputs and per-level finding probabilities.
+
+        ``pixel_spacing`` is accepted for the contract; this model resizes every slice to a fixed size,
+        so the spacing does not change the computation.
+        """
+        del pixel_spacing
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        x = model_input(t2, t1, self.input_size, self.normalisation)
+        reference = t2 if t2 is not None else t1
+        n, rows, cols = reference.shape
+        grid = np.zeros((1, 1, rows, cols), dtype=np.float32)
+        timings["preprocess"] = time.perf_counter() - t0
+        labels = np.empty((n, rows, cols), dtype=np.uint8)
+        class_mass, finding_mass = [], []
+        timings["image_encoder"] = timings["fusion_head"] = 0.0
+        for start in range(0, n, max(1, slice_batch)):
+            batch = x[start:start + slice_batch]
+            t0 = time.perf_counter()
+            enc = self.graphs["image_encoder.onnx"].run(image=batch)
+            t1_ = time.perf_counter()
+            out = self.graphs["fusion_head.onnx"].run(
+                features=enc["features"], pooled=enc["pooled"],
+                structure_embeddings=self.structure_embeddings,
+                finding_embeddings=self.finding_embeddings, output_grid=grid)
+            timings["image_encoder"] += t1_ - t0
+            timings["fusion_head"] += time.perf_counter() - t1_
+            labels[start:start + len(batch)] = out["labels"]
+            class_mass.append(out["class_mass"])
+            finding_mass.append(out["finding_mass"])
+        t0 = time.perf_counter()
+        finding_probs = self._finding_probs(labels, np.concatenate(class_mass), np.concatenate(finding_mass))
+        timings["findings"] = time.perf_counter() - t0
+        return Prediction(labels=labels, finding_probs=finding_probs, timings=timings)
+
+    def _finding_probs(self, labels: np.ndarray, class_mass: np.ndarray, finding_mass: np.ndarray
+                       ) -> dict[int, dict[str, float]]:
+        probs = sigmoid(pool_findings(class_mass, finding_mass))
+        present = set(np.unique(labels).tolist()) - {0}
+        result: dict[int, dict[str, float]] = {}
+        for structure in self.ontology.structures:
+            if structure.label not in present or structure.kind == "sacrum":
+                continue
+            result[structure.label] = {
+                f.key: float(probs[structure.label - 1, j])
+                for j, f in enumerate(self.ontology.findings) if f.site == structure.kind
+            }
+        return result
+
+
+def embed_ontology_prompts(model_dir: Path, card: dict[str, Any], text_encoder: OnnxGraph
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """(K, E) structure and (F, E) finding embeddings: the mean of each class's prompt embeddings."""
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise ModelDirectoryError(f"missing tokenizer.json in {model_dir}")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelDirectoryError(f"cannot read {path.name}: {exc}") from exc
+    ontology = Ontology.from_dict(card["ontology"])
+    max_length = int(card.get("text", {}).get("max_length", 32))
+    groups = [s.prompt_texts() for s in ontology.structures] + [f.prompt_texts() for f in ontology.findings]
+    embeddings = np.stack([embed_texts(tokenizer, text_encoder, g, max_length).mean(axis=0) for g in groups])
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12
+    k = len(ontology.structures)
+    return embeddings[:k].astype(np.float32), embeddings[k:].astype(np.float32)
+
+
+def embed_texts(tokenizer: Any, text_encoder: OnnxGraph, texts: list[str], max_length: int) -> np.ndarray:
+    encoded = tokenizer.encode_batch(texts)
+    length = min(max_length, max(len(e.ids) for e in encoded))
+    ids = np.zeros((len(texts), length), dtype=np.int64)
+    mask = np.zeros((len(texts), length), dtype=np.int64)
+    for i, e in enumerate(encoded):
+        n = min(length, len(e.ids))
+        ids[i, :n] = e.ids[:n]
+        mask[i, :n] = e.attention_mask[:n]
+    return text_encoder.run(input_ids=ids, attention_mask=mask)["embeddings"]
