@@ -8,11 +8,16 @@ import pytest
 from service.infer.postprocess import postprocess
 from service.infer.series import SeriesVolume
 from service.ontology import DEFAULT_ONTOLOGY as ONT
+from tests.service.encode.label_factory import CANONICAL, DISC_ROWS, VERTEBRA_ROWS
+from tests.service.encode.label_factory import spine as _spine
 
 SPACING = (0.8, 0.8)
 SLICE = 4.0
 ROWS, COLS, SLICES = 200, 48, 5
-VERTEBRA_ROWS, DISC_ROWS = 14, 5
+
+
+def spine(labels: list[int], head_at_top: bool = True) -> np.ndarray:
+    return _spine(labels, (SLICES, ROWS, COLS), head_at_top)
 
 
 def grid(head_at_top: bool = True) -> SeriesVolume:
@@ -29,22 +34,6 @@ def grid(head_at_top: bool = True) -> SeriesVolume:
         pixel_spacing=SPACING,
         slice_spacing=SLICE,
     )
-
-
-def spine(labels_caudal_to_cranial: list[int], head_at_top: bool = True) -> np.ndarray:
-    """Stacked boxes, one per label, caudal first; discs thinner than vertebrae; slices 1-3 only."""
-    out = np.zeros((SLICES, ROWS, COLS), np.uint8)
-    row = ROWS - 2
-    for label in labels_caudal_to_cranial:
-        height = DISC_ROWS if ONT.by_label(label).kind == "disc" else VERTEBRA_ROWS
-        top = row - height
-        rows = slice(top, row) if head_at_top else slice(ROWS - row, ROWS - top)
-        out[1:4, rows, 10:40] = label
-        row = top
-    return out
-
-
-CANONICAL = [s.label for s in ONT.caudal_to_cranial()][:11]  # sacrum .. L1 vertebra
 
 
 def test_consistent_spine_is_kept_as_is_and_ordered_caudal_to_cranial():
