@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from service.config import Settings
 from service.errors import ConfigError
@@ -22,12 +23,14 @@ MIN_KEY_LENGTH = 16
 
 def load_api_keys(settings: Settings) -> tuple[bytes, ...]:
     """Every configured key as bytes; ConfigError for a missing secrets file or a key too short to be safe."""
-    keys = [k.get_secret_value().strip() for k in settings.api_keys]
+    keys = [(k.get_secret_value() if isinstance(k, SecretStr) else str(k)).strip() for k in settings.api_keys]
     if settings.api_keys_file is not None:
         keys.extend(_read_keys_file(settings.api_keys_file))
     keys = [k for k in keys if k]
     if any(k.startswith("change-me") for k in keys):
-        raise ConfigError("the example API key from .env.example is still set: replace it (openssl rand -hex 32)")
+        raise ConfigError(
+            "the example API key from .env.example is still set: replace it (openssl rand -hex 32)"
+        )
     short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
     if short:
         raise ConfigError(f"{len(short)} API key(s) shorter than {MIN_KEY_LENGTH} characters")

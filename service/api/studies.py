@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.api import results as results_mod
-from service.api.deps import BaseUrl, SettingsDep, SpoolDep, StoreDep
+from service.api.deps import BaseUrl, RedisDep, SettingsDep, SpoolDep, StoreDep
 from service.api.schemas import (
     AcceptedStudy,
     ActionResponse,
@@ -32,7 +32,7 @@ from service.api.schemas import (
     summary_of,
 )
 from service.api.uploads import UploadOutcome, iter_files, overall_status, record_received, store_file
-from service.queue import stream
+from service.assemble import actions
 from service.queue.state import StudyRecord, StudyState, StudyStore
 from service.receive.spool import Spool
 
@@ -229,11 +229,13 @@ def get_preview(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: Setti
     summary="Treat the study as complete now (skip the rest of the quiet period)",
     responses={409: {"model": Problem}, **_ERRORS},
 )
-def process_study(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep) -> ActionResponse:
+def process_study(
+    uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, client: RedisDep
+) -> ActionResponse:
+    """A study that has no usable series ends in state failed, with its reason in the study's error."""
     _record(store, spool, uid)
-    detail = stream.force_complete(settings, uid)
-    record = store.get(uid)
-    return ActionResponse(study_uid=uid, detail=detail, state=record.state if record else None)
+    record = actions.force_complete(settings, client, uid)
+    return ActionResponse(study_uid=uid, detail=f"assembled: {record.state.value}", state=record.state)
 
 
 @router.post(
@@ -243,11 +245,17 @@ def process_study(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: Set
     summary="Process a failed (or finished) study again",
     responses={409: {"model": Problem}, **_ERRORS},
 )
-def retry_study(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep) -> ActionResponse:
-    _record(store, spool, uid)
-    detail = stream.retry(settings, uid)
-    record = store.get(uid)
-    return ActionResponse(study_uid=uid, detail=detail, state=record.state if record else None)
+def retry_study(
+    uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, client: RedisDep
+) -> ActionResponse:
+    """Forgets the study's last job id, so the same content runs again, and re-runs series selection."""
+    record = _record(store, spool, uid)
+    if record.state in (StudyState.QUEUED, StudyState.PROCESSING):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"study {uid} is {record.state.value}; retry when it is done"
+        )
+    record = actions.retry(settings, client, uid)
+    return ActionResponse(study_uid=uid, detail=f"re-assembled: {record.state.value}", state=record.state)
 
 
 @router.delete(
@@ -256,18 +264,19 @@ def retry_study(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: Setti
     summary="Delete the study's instances, results and state",
     responses={409: {"model": Problem}, **_ERRORS},
 )
-def delete_study(uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep) -> ActionResponse:
+def delete_study(
+    uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, client: RedisDep
+) -> ActionResponse:
     """Refused while a worker processes the study: its results would reappear after the delete."""
     record = _record(store, spool, uid)
     if record.state == StudyState.PROCESSING:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"study {uid} is being processed; retry when it is done"
         )
-    spool.delete_study(uid)
+    actions.delete_study(settings, client, uid)
     results_dir = settings.results_dir / uid
     if results_dir.is_dir():
         shutil.rmtree(results_dir)
-    store.delete(uid)
     return ActionResponse(
         study_uid=uid, detail=f"study {uid} deleted at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     )
