@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     deliver_backoff_s: float = Field(5.0, gt=0)
     deliver_backoff_cap_s: float = Field(600.0, gt=0)
     retention_days: float = Field(30.0, gt=0)
+    deliver_visibility_timeout_s: float = Field(120.0, gt=0)
+    """A delivery claimed this long ago without an outcome (its process died) is taken over by another."""
+    deliver_timeout_s: float = Field(30.0, gt=0)
+    """Association, DIMSE and network timeout of one C-STORE."""
+    retention_sweep_interval_s: float = Field(3600.0, gt=0)
 
     # api
     api_host: str = "0.0.0.0"
