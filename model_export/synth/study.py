@@ -1,0 +1,223 @@
+"""One synthetic study in memory: anatomy, findings, planned series, rendered images and ground truth.
+
+:func:`synthesize_case` is the fast path for training (numpy arrays, nothing on disk); output.py writes
+the same case as a DICOM study. Every random choice draws from a named child of the seed's
+SeedSequence, so changing how one stage consumes randomness does not reshuffle the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from service.ontology import DEFAULT_ONTOLOGY
+
+from .anatomy import paint_spine
+from .canvas import PointCanvas, VolumeCanvas
+from .config import SynthConfig
+from .dicom_io import StudyInfo, quantise, uid
+from .findings import (
+    DISC_FINDINGS,
+    VERTEBRA_FINDINGS,
+    FindingSpec,
+    degenerate,
+    paint_findings,
+    sample_findings,
+)
+from .geometry import SliceStack, plan_axial, plan_localizer, plan_sagittal
+from .protocols import Protocol, axial_t2, localizer, sagittal_t1, sagittal_t2
+from .render import acquire, draw_contrast, partial_volume, render_tissue, resample, texture_field, to_sitk
+from .spine import SpineModel, procedural_spine
+
+STREAMS = ("anatomy", "planning", "findings", "study", "sag_t2", "sag_t1", "ax_t2", "localizer", "texture", "report")
+
+
+@dataclass
+class SynthSeries:
+    name: str
+    protocol: Protocol
+    stacks: list[SliceStack]  # one per orientation block (three for a 3-plane localizer)
+    pixels: list[np.ndarray]  # uint16 (slices, rows, cols) per block, sorted along the normal
+    labels: np.ndarray | None = None  # uint8 (slices, rows, cols) on the same grid, sagittal series only
+    series_uid: str = ""
+    number: int = 0
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.pixels[0]
+
+    def label_image(self) -> sitk.Image:
+        """The label map with exactly the geometry ImageSeriesReader gives the written series."""
+        if self.labels is None:
+            raise ValueError(f"series {self.name} has no label map")
+        img = sitk.GetImageFromArray(self.labels)
+        img.CopyInformation(quantise(self.stacks[0]).reference())
+        return img
+
+
+@dataclass
+class SynthCase:
+    seed: int
+    config: SynthConfig
+    study: StudyInfo
+    spine: SpineModel
+    findings: list[FindingSpec]
+    series: dict[str, SynthSeries]
+    truth: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t2(self) -> np.ndarray:
+        return self.series["sag_t2"].image
+
+    @property
+    def t1(self) -> np.ndarray:
+        return self.series["sag_t1"].image
+
+
+def _rngs(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence([seed, 0x5EED]).spawn(len(STREAMS))
+    return {name: np.random.default_rng(c) for name, c in zip(STREAMS, children, strict=True)}
+
+
+def _choose_anatomy(seed: int, config: SynthConfig, rng: np.random.Generator) -> tuple[SpineModel, dict]:
+    folder = config.resolved_spider_dir()
+    use = folder is not None and config.use_spider is True  # SPIDER by default once spider.py lands
+    if use:
+        from .spider import spider_spine
+
+        return spider_spine(folder, rng, config.transitional_probability)
+    return procedural_spine(rng, config.transitional_probability), {}
+
+
+def eligible_levels(spine: SpineModel, stacks: list[SliceStack]) -> tuple[list[str], list[str]]:
+    """Levels fully inside every sagittal field of view: the only ones that may carry findings."""
+    discs, vertebrae = [], []
+    for seg in spine.segments:
+        if not seg.label or seg.kind == "sacrum":
+            continue
+        corners = [spine.patient_point(s, t) for s in (seg.s0 - 3, seg.s1 + 3) for t in (-seg.half_depth - 4,
+                                                                                        seg.half_depth + 12)]
+        if all(st.contains(c, margin=4.0) for st in stacks for c in corners):
+            (discs if seg.kind == "disc" else vertebrae).append(seg.name)
+    return discs, vertebrae
+
+
+def _fine_grid(spine: SpineModel, stacks: list[SliceStack], config: SynthConfig) -> VolumeCanvas:
+    corners = np.concatenate([st.corners() for st in stacks])
+    lo = corners.min(axis=0) - 2.0
+    hi = corners.max(axis=0) + 2.0
+    dx = min(1.0, min(st.thickness for st in stacks) / 3.0)
+    dyz = min(config.render_spacing, max(min(st.pixel_spacing for st in stacks), 0.5))
+    x = np.arange(lo[0], hi[0] + dx, dx, dtype=np.float32)
+    y = np.arange(lo[1], hi[1] + dyz, dyz)
+    z = np.arange(lo[2], hi[2] + dyz, dyz)
+    zz, yy = np.meshgrid(z, y, indexing="ij")
+    s2d, t2d = spine.st_of(yy, zz)
+    canvas = VolumeCanvas(s2d, t2d, x)
+    canvas.origin = np.array([x[0], y[0], z[0]])  # type: ignore[attr-defined]
+    canvas.spacing = (dx, dyz, dyz)  # type: ignore[attr-defined]
+    return canvas
+
+
+def _point_canvas(spine: SpineModel, pts: np.ndarray) -> PointCanvas:
+    s, t = spine.st_of(pts[..., 1], pts[..., 2])
+    return PointCanvas(s, t, pts[..., 0].astype(np.float32))
+
+
+def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
+    config = config or SynthConfig()
+    rng = _rngs(seed)
+    spine, limits = _choose_anatomy(seed, config, rng["anatomy"])
+    sag_t2, sag_t1 = plan_sagittal(spine, config, rng["planning"], limits)
+    discs, vertebrae = eligible_levels(spine, [sag_t2, sag_t1])
+    findings = sample_findings(discs, vertebrae, config, rng["findings"])
+    dark = degenerate(spine, findings, config, rng["findings"])
+    study = StudyInfo.draw(seed, rng["study"])
+
+    canvas = _fine_grid(spine, [sag_t2, sag_t1], config)
+    paint_spine(canvas, spine, dark)
+    paint_findings(canvas, spine, findings)
+    texture = texture_field(canvas.tissue.shape, rng["texture"])
+    labels_img = to_sitk(canvas.label, canvas.origin, canvas.spacing)
+
+    series: dict[str, SynthSeries] = {}
+    for name, stack, weighting in (("sag_t2", sag_t2, "T2"), ("sag_t1", sag_t1, "T1")):
+        r = rng[name]
+        protocol = sagittal_t2(r, stack.cols) if weighting == "T2" else sagittal_t1(r, stack.cols)
+        contrast = draw_contrast(weighting, r)
+        fine = partial_volume(render_tissue(canvas.tissue, contrast, texture), stack.thickness, canvas.spacing[0])
+        image = resample(to_sitk(fine.astype(np.float32), canvas.origin, canvas.spacing), stack, sitk.sitkLinear)
+        pixels = acquire(image, stack, r, config.noise, config.bias, r.uniform(1500, 3800))
+        labels = resample(labels_img, stack, sitk.sitkNearestNeighbor)
+        series[name] = SynthSeries(name, protocol, [stack], [pixels], labels)
+    if config.include_axial:
+        r = rng["ax_t2"]
+        stack = plan_axial(spine, config, r)
+        series["ax_t2"] = SynthSeries("ax_t2", axial_t2(r), [stack], [_render_points(spine, findings, dark, stack,
+                                                                                     "T2", r, config)])
+    if config.include_localizer:
+        r = rng["localizer"]
+        stacks = plan_localizer(spine, config, r)
+        px = [_render_points(spine, findings, dark, st, "T1", r, config) for st in stacks]
+        series["localizer"] = SynthSeries("localizer", localizer(r), stacks, px)
+    order = ["localizer", "sag_t2", "sag_t1", "ax_t2"]
+    for number, name in enumerate([n for n in order if n in series], start=1):
+        series[name].series_uid = uid(seed, "series", name)
+        series[name].number = number
+    case = SynthCase(seed, config, study, spine, findings, series)
+    case.truth = build_truth(case)
+    return case
+
+
+def _render_points(spine: SpineModel, findings: list[FindingSpec], dark: set[str], stack: SliceStack,
+                   weighting: str, rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
+    """Render a non-sagittal series straight from the anatomy at its pixel centres (two samples per slice)."""
+    half = stack.thickness / 4
+    pts = stack.points((-half, half))
+    canvas = _point_canvas(spine, pts)
+    paint_spine(canvas, spine, dark)
+    paint_findings(canvas, spine, findings)
+    tissue, _ = canvas.arrays()
+    contrast = draw_contrast(weighting, rng)
+    image = contrast.lut[tissue].mean(axis=0)
+    return acquire(image, stack, rng, config.noise, (0.05, 0.2), rng.uniform(1500, 3800))
+
+
+def build_truth(case: SynthCase) -> dict[str, Any]:
+    """The ground truth of a case as written to truth.json."""
+    present: set[int] = set()
+    series_truth: dict[str, Any] = {}
+    for name, s in case.series.items():
+        entry = {"series_instance_uid": s.series_uid, "series_number": s.number,
+                 "series_description": s.protocol.description,
+                 "label_file": f"labels/{name}.nii.gz" if s.labels is not None else None,
+                 "num_slices": int(sum(st.num_slices for st in s.stacks)), "rows": s.stacks[0].rows,
+                 "cols": s.stacks[0].cols, "weighting": s.protocol.weighting}
+        series_truth[name] = entry
+        if s.labels is not None:
+            present |= {int(v) for v in np.unique(s.labels) if v}
+    levels: dict[str, dict[str, bool]] = {}
+    for structure in DEFAULT_ONTOLOGY.caudal_to_cranial():
+        if structure.label not in present:
+            continue
+        if structure.kind == "disc":
+            levels[structure.level] = {k: False for k in DISC_FINDINGS}
+        elif structure.kind == "vertebra":
+            levels[structure.level] = {k: False for k in VERTEBRA_FINDINGS}
+    for f in case.findings:
+        levels[f.level][f.finding] = True
+    findings = [{k: v for k, v in f.as_dict().items() if k != "side"} for f in case.findings]
+    return {
+        "study_instance_uid": case.study.study_uid,
+        "seed": case.seed,
+        "source": case.spine.source,
+        "synthetic": True,
+        "transitional_anatomy": case.spine.transitional,
+        "series": series_truth,
+        "structures_present": sorted(present),
+        "levels": levels,
+        "findings": findings,
+    }
