@@ -7,7 +7,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -24,15 +24,44 @@ from service.receive.spool import Spool
 
 LOG = logging.getLogger(__name__)
 
+# pynetdicom accepts, per presentation context, the first syntax of *our* list that the peer proposed. A PACS
+# holding compressed images proposes their syntax and the uncompressed ones in one context: listing
+# lossless compression first keeps the data as the PACS holds it; listing lossy syntaxes last never asks a
+# PACS to compress lossily what it holds uncompressed. Only syntaxes the worker can decode (pydicom with
+# the pylibjpeg plugins) are offered; a peer holding anything else sends it decompressed.
+LOSSLESS_SYNTAXES = [
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K RPCL Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+UNCOMPRESSED_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+]
+LOSSY_SYNTAXES = [
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended 12 bit
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline 8 bit
+]
+STORAGE_SYNTAXES = LOSSLESS_SYNTAXES + UNCOMPRESSED_SYNTAXES + LOSSY_SYNTAXES
+
 
 def build_ae(settings) -> AE:
-    """An AE accepting Verification and all storage SOP classes in every transfer syntax pynetdicom knows
-    (uncompressed, deflate, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE, ...), with the
-    calling-AE allow-list, the called-AE check and the association cap of the settings."""
+    """An AE accepting Verification and all storage SOP classes in STORAGE_SYNTAXES (uncompressed, deflate,
+    JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE), with the calling-AE allow-list, the
+    called-AE check and the association cap of the settings."""
     ae = AE(ae_title=settings.ae_title)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, UNCOMPRESSED_SYNTAXES)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, STORAGE_SYNTAXES)
     ae.require_called_aet = settings.require_called_aet
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_associations = settings.max_associations

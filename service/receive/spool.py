@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from service.errors import ReceiveError, SpoolFullError, UndecodableDatasetError
 from service.receive.uids import validate_uid
@@ -40,6 +41,7 @@ ASSEMBLED = ".assembled"
 SUFFIX = ".dcm"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -70,16 +72,30 @@ class SpooledFile:
 
 
 def _parse(data: bytes) -> Dataset:
-    """The dataset of a Part-10 file, checked complete; UndecodableDatasetError says what is wrong."""
+    """The dataset of a Part-10 file, checked complete; UndecodableDatasetError says what is wrong.
+
+    pydicom reads a truncated stream without complaint (a short last value, or an encapsulated Pixel Data
+    whose delimiter never came silently dropped), so completeness is checked here: every defined-length
+    value has its declared length, the last element ends where the stream ends, the identifying UIDs are
+    there, and an image storage SOP class carries pixel data.
+    """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise UndecodableDatasetError("not a DICOM Part-10 stream (no 'DICM' prefix after the preamble)")
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        for raw in ds.elements():  # raw elements: a value shorter than its declared length means truncated
-            if raw.length != _UNDEFINED_LENGTH and raw.value is not None and len(raw.value) != raw.length:
+        end = None
+        for raw in ds.elements():  # raw (unconverted) elements, in stream order
+            if raw.length == _UNDEFINED_LENGTH:
+                end = None
+                continue
+            if raw.value is not None and len(raw.value) != raw.length:
                 raise UndecodableDatasetError(
                     f"element {raw.tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
                 )
+            end = raw.value_tell + raw.length
+        deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        if end is not None and end != len(data) and not deflated:  # offsets of a deflated stream are inflated
+            raise UndecodableDatasetError(f"stream ends inside an element ({len(data) - end} stray bytes)")
         for _ in ds:  # converts every element, nested sequences included: garbage raises here
             pass
         transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -89,9 +105,15 @@ def _parse(data: bytes) -> Dataset:
         raise UndecodableDatasetError(f"dataset could not be parsed ({type(exc).__name__})") from exc
     if transfer_syntax is None:
         raise UndecodableDatasetError("file meta has no TransferSyntaxUID")
-    if "Rows" in ds and "Columns" in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
+    for keyword in _REQUIRED:
+        if keyword not in ds:
+            raise UndecodableDatasetError(
+                f"dataset has no {keyword} (truncated, or not a composite instance)"
+            )
+    has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
+    if not has_pixels and ("Rows" in ds or "Image Storage" in UID(str(ds.SOPClassUID)).name):
         # pydicom drops an encapsulated Pixel Data whose sequence delimiter never came: truncated
-        raise UndecodableDatasetError("image has Rows and Columns but no complete pixel data (truncated?)")
+        raise UndecodableDatasetError("image instance without complete pixel data (truncated?)")
     return ds
 
 
