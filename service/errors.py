@@ -54,6 +54,14 @@ class SeriesDecodeError(InferenceError):
     """An instance of a selected series is unreadable or its pixel data cannot be decoded."""
 
 
+class MissingSeriesError(InferenceError):
+    """A job names a series that has no instances in the spool (deleted, or never fully received)."""
+
+
+class NoStructureFoundError(InferenceError):
+    """The model found no spinal structure in the series, so there is nothing to report."""
+
+
 class InconsistentSeriesError(InferenceError):
     """The instances of a series do not form one volume (mixed size or orientation, duplicate or missing slices)."""
 
