@@ -185,8 +185,9 @@ def default_parity_study(work: Path):
     from model_export.synth import SynthConfig, generate_study
     from model_export.synth.config import SMALL_TEST_CONFIG
 
-    folder = generate_study(work / "parity_study", seed=987654, config=SynthConfig(**SMALL_TEST_CONFIG))
-    return read_generated_study(Path(folder) if folder else work / "parity_study")
+    config = SynthConfig(use_spider=False, include_axial=False, include_localizer=False, **SMALL_TEST_CONFIG)
+    generate_study(work / "parity_study", seed=987654, config=config)
+    return read_generated_study(work / "parity_study")
 
 
 def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str, Any], name: str,

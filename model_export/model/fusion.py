@@ -62,8 +62,9 @@ class FusionHead(nn.Module):
         """(B, F, h, w) per-pixel logits of each finding."""
         query = self.finding_mlp(finding_embeddings)
         pixels = self.pixel_proj(features)
-        scores = torch.einsum("bchw,fc->bfhw", pixels, query[:, :-1]) / math.sqrt(self.finding_dim)
-        return scores + query[:, -1][None, :, None, None]
+        d = self.finding_dim  # positive indices: ONNX gathers with negative ones are easy to get wrong
+        scores = torch.einsum("bchw,fc->bfhw", pixels, query[:, :d]) / math.sqrt(d)
+        return scores + query[:, d:d + 1].transpose(0, 1)[:, :, None, None]
 
 
 def finding_sums(finding_pixel_logits: torch.Tensor, class_weights: torch.Tensor

@@ -1,0 +1,36 @@
+"""``lumbar-ai evaluate``: the comparison table of several models on held-out studies."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", type=Path, nargs="+", required=True,
+                        help="checkpoints (.pt) or model directories; the first is tested against the others")
+    parser.add_argument("--names", nargs="*", default=None, help="display names, one per model")
+    parser.add_argument("--data", type=Path, required=True, help="held-out cases (same layouts as train)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for evaluation.md/.json/.png")
+    parser.add_argument("--max-cases", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model_export.data import load_cases
+    from model_export.evaluation.evaluate import evaluate_predictor, load_predictor, summarise
+    from model_export.evaluation.report import write_reports
+    from service.errors import ConfigError
+    from service.ontology import DEFAULT_ONTOLOGY
+
+    torch.set_num_threads(2)
+    names = args.names or [None] * len(args.models)
+    if len(names) != len(args.models):
+        raise ConfigError("--names needs one name per model")
+    cases = load_cases(args.data, DEFAULT_ONTOLOGY, limit=args.max_cases)
+    results = [evaluate_predictor(load_predictor(p, n), cases, DEFAULT_ONTOLOGY)
+               for p, n in zip(args.models, names, strict=True)]
+    paths = write_reports(summarise(results, DEFAULT_ONTOLOGY), args.out)
+    print(paths["markdown"].read_text())
+    return 0

@@ -1,0 +1,48 @@
+"""``lumbar-ai train``: train the text-guided model or a baseline on generated or labelled studies."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from model_export.configs import CONFIGS
+
+    parser.add_argument("--data", type=Path, required=True,
+                        help="generated studies, a SPIDER layout (images/, masks/), or case folders with labels.*")
+    parser.add_argument("--config", default="demo", choices=sorted(CONFIGS), help="named configuration")
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.png, history.json")
+    parser.add_argument("--variant", choices=["text_guided", "visual_only", "unet"], default="text_guided",
+                        help="the model, or one of the two baselines")
+    parser.add_argument("--text-model", type=Path, default=None,
+                        help="a local Hugging Face model directory for the text encoder (default: packaged MiniLM)")
+    parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds of training")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_export.configs import get_config
+    from model_export.training.loop import train
+
+    run_cfg = get_config(args.config).with_kind(args.variant)
+    model_changes, train_changes = {}, {}
+    if args.text_model is not None:
+        model_changes["text_model"] = str(args.text_model)
+    if args.steps is not None:
+        train_changes["steps"] = args.steps
+    if args.budget_s is not None:
+        train_changes["time_budget_s"] = args.budget_s
+    if args.seed is not None:
+        train_changes["seed"] = args.seed
+    run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, **model_changes),
+                                  train=dataclasses.replace(run_cfg.train, **train_changes))
+    path = train(args.data, run_cfg, args.out, resume=args.resume, max_cases=args.max_cases,
+                 progress=not args.no_progress)
+    print(f"checkpoint: {path}")
+    return 0

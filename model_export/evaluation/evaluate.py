@@ -1,0 +1,139 @@
+"""Run models on held-out cases and compute the paper's table (see metrics.DEFINITIONS).
+
+A model is a checkpoint (``.pt``, any kind, run with torch) or a model directory (``model.json``, run
+with the service's ONNX-only path). The first model is the reference the others are tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_export.data import Case
+from model_export.evaluation.metrics import DEFINITIONS, Counts, overlap_per_structure
+from model_export.evaluation.stats import paired_comparison
+from service.errors import ConfigError
+from service.ontology import Ontology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictor:
+    name: str
+    kind: str
+    thresholds: dict[str, float]
+    run: Any
+    """callable(case) -> (labels, {structure label: {finding key: probability}} or None)."""
+
+
+@dataclass
+class ModelResult:
+    name: str
+    kind: str
+    case_names: list[str] = field(default_factory=list)
+    case_miou: list[float] = field(default_factory=list)
+    case_dice: list[float] = field(default_factory=list)
+    per_structure: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    findings: dict[str, Counts] = field(default_factory=dict)
+    seconds_per_case: list[float] = field(default_factory=list)
+
+
+def load_predictor(path: Path, name: str | None = None) -> Predictor:
+    path = Path(path)
+    if path.is_dir() and (path / "model.json").is_file():
+        from service.infer.model import OnnxModel
+
+        model = OnnxModel.load(path, intra_op_threads=2)
+
+        def run_onnx(case: Case):
+            pred = model.predict(case.t2, case.t1, case.pixel_spacing)
+            return pred.labels, pred.finding_probs
+
+        return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
+                         model.finding_thresholds, run_onnx)
+    if path.is_file():
+        from model_export.model.network import load_checkpoint
+        from model_export.model.predict import predict_volume
+
+        model, ckpt = load_checkpoint(path)
+        ontology = Ontology.from_dict(ckpt["ontology"])
+        size = ckpt["run"]["model"]["input_size"]
+
+        def run_torch(case: Case):
+            pred = predict_volume(model, case.t2, case.t1, size)
+            probs = pred.finding_probs()
+            if probs is None:
+                return pred.labels, None
+            out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)
+                             if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
+            return pred.labels, out
+
+        default_name = path.parent.name if path.stem in ("final", "last") else path.stem
+        return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
+                         dict(ckpt.get("finding_thresholds", {})), run_torch)
+    raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
+
+
+def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontology) -> ModelResult:
+    result = ModelResult(predictor.name, predictor.kind)
+    result.findings = {f.key: Counts() for f in ontology.findings}
+    labels = [s.label for s in ontology.structures]
+    for case in cases:
+        started = time.perf_counter()
+        pred_labels, probs = predictor.run(case)
+        result.seconds_per_case.append(time.perf_counter() - started)
+        scores = overlap_per_structure(pred_labels, case.labels, [x for x in labels if x in case.labelled])
+        result.case_names.append(case.name)
+        result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
+        result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
+        for label, pair in scores.items():
+            result.per_structure.setdefault(label, []).append(pair)
+        if probs is None:
+            continue
+        present_truth = set(np.unique(case.labels).tolist())
+        present_pred = set(np.unique(pred_labels).tolist())
+        for label, values in case.findings.items():
+            if label not in present_truth:
+                continue
+            for key, actual in values.items():
+                p = probs.get(label, {}).get(key, 0.0) if label in present_pred else 0.0
+                result.findings[key].add(p >= predictor.thresholds.get(key, 0.5), bool(actual))
+    if all(c.tp + c.fp + c.tn + c.fn == 0 for c in result.findings.values()):
+        result.findings = {}
+    return result
+
+
+def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:
+    models = []
+    for r in results:
+        per_structure = {}
+        for s in ontology.structures:
+            pairs = r.per_structure.get(s.label, [])
+            per_structure[s.name] = {"dice": float(np.mean([d for d, _ in pairs])) if pairs else None,
+                                     "iou": float(np.mean([i for _, i in pairs])) if pairs else None,
+                                     "cases": len(pairs)}
+        findings = None
+        if r.findings:
+            total = Counts()
+            for c in r.findings.values():
+                total = total.merged(c)
+            findings = {"per_finding": {k: c.rates() for k, c in r.findings.items()}, "overall": total.rates()}
+        models.append({
+            "name": r.name, "kind": r.kind, "cases": len(r.case_names),
+            "miou": float(np.mean(r.case_miou)), "miou_sd": float(np.std(r.case_miou, ddof=1)) if len(r.case_miou) > 1 else 0.0,
+            "dice": float(np.mean(r.case_dice)), "dice_sd": float(np.std(r.case_dice, ddof=1)) if len(r.case_dice) > 1 else 0.0,
+            "per_structure": per_structure, "findings": findings,
+            "seconds_per_case": float(np.mean(r.seconds_per_case)) if r.seconds_per_case else None,
+            "per_case": {"names": r.case_names, "miou": r.case_miou, "dice": r.case_dice},
+        })
+    reference = results[0]
+    comparisons = [{"reference": reference.name, "other": other.name,
+                    "miou": paired_comparison(reference.case_miou, other.case_miou),
+                    "dice": paired_comparison(reference.case_dice, other.case_dice)} for other in results[1:]]
+    return {"definitions": DEFINITIONS, "models": models, "comparisons": comparisons}

@@ -1,0 +1,84 @@
+"""The evaluation table as Markdown, JSON and a bar plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    models = summary["models"]
+    lines = ["# Evaluation", "", "Definitions:", ""]
+    lines += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
+    lines += ["", "## Segmentation", "", "| model | kind | cases | mIoU (SD) | Dice (SD) | s/case |", "|---|---|---|---|---|---|"]
+    for m in models:
+        lines.append(f"| {m['name']} | {m['kind']} | {m['cases']} | {_f(m['miou'])} ({_f(m['miou_sd'])}) | "
+                     f"{_f(m['dice'])} ({_f(m['dice_sd'])}) | {_f(m['seconds_per_case'], 2)} |")
+    lines += ["", "## Per structure (Dice / IoU, mean over cases where defined)", "",
+              "| structure | " + " | ".join(m["name"] for m in models) + " |",
+              "|---|" + "---|" * len(models)]
+    for structure in models[0]["per_structure"]:
+        cells = [f"{_f(m['per_structure'][structure]['dice'])} / {_f(m['per_structure'][structure]['iou'])}"
+                 for m in models]
+        lines.append(f"| {structure} | " + " | ".join(cells) + " |")
+    lines += ["", "## Findings, counted per level", "",
+              "| model | finding | TP | FP | TN | FN | recall | precision | FPR |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        if not m["findings"]:
+            lines.append(f"| {m['name']} | (no finding head) | | | | | | | |")
+            continue
+        rows = list(m["findings"]["per_finding"].items()) + [("**overall**", m["findings"]["overall"])]
+        for key, r in rows:
+            lines.append(f"| {m['name']} | {key} | {r['tp']} | {r['fp']} | {r['tn']} | {r['fn']} | "
+                         f"{_f(r['recall'])} | {_f(r['precision'])} | {_f(r['fpr'])} |")
+    lines += ["", "## Paired tests over cases (Wilcoxon signed-rank, two-sided; Cohen's d of paired differences)", "",
+              "| reference | other | metric | mean diff | p | d |", "|---|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        for metric in ("miou", "dice"):
+            r = c[metric]
+            lines.append(f"| {c['reference']} | {c['other']} | {metric} | {_f(r['mean_difference'], 4)} | "
+                         f"{_f(r['p_value'], 4)} | {_f(r['cohens_d'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = summary["models"]
+    structures = list(models[0]["per_structure"])
+    x = np.arange(len(structures))
+    width = 0.8 / len(models)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [4, 1]})
+    for i, m in enumerate(models):
+        values = [m["per_structure"][s]["dice"] or 0.0 for s in structures]
+        ax.bar(x + i * width, values, width, label=m["name"])
+        ax2.bar(i, m["miou"], yerr=m["miou_sd"], capsize=4, label=m["name"])
+    ax.set_xticks(x + width * (len(models) - 1) / 2, structures, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("Dice (mean over cases)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax2.set_xticks(range(len(models)), [m["name"] for m in models], rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("mIoU (SD over cases)")
+    ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_reports(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md", "png": out_dir / "evaluation.png"}
+    paths["json"].write_text(json.dumps(summary, indent=2))
+    paths["markdown"].write_text(markdown(summary))
+    bar_plot(summary, paths["png"])
+    return paths

@@ -1,0 +1,67 @@
+"""Metrics on hand-made masks and counts with known answers; the paired test and the Markdown table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_export.evaluation.evaluate import ModelResult, summarise
+from model_export.evaluation.metrics import Counts, best_f1_threshold, overlap_per_structure
+from model_export.evaluation.report import markdown
+from model_export.evaluation.stats import paired_comparison
+from service.ontology import DEFAULT_ONTOLOGY
+
+
+def test_dice_and_iou_of_overlapping_squares_match_the_hand_count():
+    truth = np.zeros((1, 10, 10), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0, 0:4, 0:4] = 1  # 16 voxels
+    pred[0, 2:6, 0:4] = 1  # 16 voxels, 8 shared
+    truth[0, 8:10, 8:10] = 2  # 4 voxels, not predicted
+    pred[0, 6, 6] = 3  # 1 voxel, not in truth
+    scores = overlap_per_structure(pred, truth, [1, 2, 3, 4])
+    assert scores[1] == pytest.approx((2 * 8 / 32, 8 / 24))
+    assert scores[2] == (0.0, 0.0)
+    assert scores[3] == (0.0, 0.0)
+    assert 4 not in scores  # absent from both: undefined, skipped
+
+
+def test_counts_give_recall_precision_and_fpr_per_level():
+    c = Counts()
+    for predicted, actual in [(True, True)] * 3 + [(False, True)] + [(True, False)] + [(False, False)] * 5:
+        c.add(predicted, actual)
+    r = c.rates()
+    assert (r["tp"], r["fn"], r["fp"], r["tn"]) == (3, 1, 1, 5)
+    assert r["recall"] == 0.75 and r["precision"] == 0.75 and r["fpr"] == pytest.approx(1 / 6)
+    assert Counts().rates()["recall"] is None
+
+
+def test_paired_comparison_detects_a_consistent_improvement_with_its_effect_size():
+    rng = np.random.default_rng(0)
+    theirs = rng.uniform(0.5, 0.7, 20)
+    ours = theirs + 0.05 + rng.normal(0, 0.01, 20)
+    result = paired_comparison(list(ours), list(theirs))
+    assert result["p_value"] < 1e-4
+    diff = ours - theirs
+    assert result["cohens_d"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert paired_comparison([0.5, 0.6], [0.5, 0.6])["p_value"] is None
+
+
+def test_best_threshold_separates_cleanly_separable_scores():
+    probs = np.array([0.1, 0.2, 0.3, 0.72, 0.8, 0.9])
+    actual = np.array([False, False, False, True, True, True])
+    t = best_f1_threshold(probs, actual)
+    assert 0.3 < t <= 0.72
+    assert best_f1_threshold(probs, np.zeros(6, dtype=bool)) == 0.5
+
+
+def test_summary_has_mean_and_sd_over_cases_and_a_table_per_structure():
+    a = ModelResult("ours", "text_guided", ["c1", "c2"], [0.8, 0.6], [0.9, 0.7], {1: [(0.9, 0.8), (0.7, 0.6)]})
+    b = ModelResult("base", "unet", ["c1", "c2"], [0.7, 0.5], [0.8, 0.6], {1: [(0.8, 0.7), (0.6, 0.5)]})
+    summary = summarise([a, b], DEFAULT_ONTOLOGY)
+    ours = summary["models"][0]
+    assert ours["miou"] == pytest.approx(0.7) and ours["miou_sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    assert ours["per_structure"]["Sacrum"]["dice"] == pytest.approx(0.8)
+    assert summary["comparisons"][0]["miou"]["mean_difference"] == pytest.approx(0.1)
+    text = markdown(summary)
+    assert "| Sacrum |" in text and "Wilcoxon" in text and "per case" in text

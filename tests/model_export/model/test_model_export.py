@@ -1,0 +1,79 @@
+"""The export checks itself, and the ONNX-only OnnxModel reproduces torch on a generated study."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from model_export.data import read_generated_study
+from model_export.export import export_model
+from model_export.model.network import load_checkpoint
+from model_export.model.predict import predict_volume
+from service.errors import ModelExportError
+from service.infer.model import OnnxModel
+
+
+def test_export_writes_the_model_directory_with_a_complete_card(tiny_model_dir):
+    for name in ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx", "tokenizer.json", "model.json"):
+        assert (tiny_model_dir / name).is_file(), name
+    card = json.loads((tiny_model_dir / "model.json").read_text())
+    assert "synthetic data only" in card["training"]["statement"]
+    assert card["input"]["channels"] == ["T2", "T1"]
+    assert set(card["finding_thresholds"]) == {"disc_bulging", "disc_protrusion", "disc_extrusion",
+                                               "schmorl_node", "vertebral_degeneration"}
+    assert {"torch", "onnx", "onnxruntime"} <= set(card["versions"])
+    parity = card["export_parity"]
+    assert parity["label_map"]["voxel_agreement"] >= 0.999
+    assert parity["onnxruntime_vs_torch"]["image_encoder.onnx"]["features"] <= parity["onnxruntime_vs_torch"]["tolerance"]
+
+
+def test_exported_graphs_declare_dynamic_batch_size_and_class_count(tiny_model_dir):
+    fusion = onnx.load(str(tiny_model_dir / "fusion_head.onnx"))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in fusion.graph.input}
+    assert dims["structure_embeddings"][0] == "classes"
+    assert dims["features"][0] == "batch" and dims["output_grid"][2:] == ["rows", "cols"]
+    image = onnx.load(str(tiny_model_dir / "image_encoder.onnx"))
+    assert [d.dim_param for d in image.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+
+
+def test_onnx_only_prediction_matches_torch_on_a_generated_study(tiny_model_dir, tiny_checkpoint,
+                                                                 tiny_generated_study):
+    case = read_generated_study(tiny_generated_study)
+    model = OnnxModel.load(tiny_model_dir, intra_op_threads=1)
+    got = model.predict(case.t2, case.t1, case.pixel_spacing, slice_batch=4)
+    torch_model, ckpt = load_checkpoint(tiny_checkpoint)
+    expected = predict_volume(torch_model, case.t2, case.t1, ckpt["run"]["model"]["input_size"])
+    assert got.labels.shape == case.t2.shape and got.labels.dtype == np.uint8
+    assert (got.labels == expected.labels).mean() >= 0.999
+    assert {"preprocess", "image_encoder", "fusion_head"} <= set(got.timings)
+
+
+@pytest.mark.parametrize("missing", ["t1", "t2"])
+def test_one_sequence_alone_still_gives_a_label_map_and_site_matched_findings(tiny_model_dir, tiny_generated_study,
+                                                                              missing):
+    case = read_generated_study(tiny_generated_study)
+    model = OnnxModel.load(tiny_model_dir)
+    t2 = None if missing == "t2" else case.t2
+    t1 = None if missing == "t1" else case.t1
+    pred = model.predict(t2, t1, case.pixel_spacing)
+    assert pred.labels.shape == case.labels.shape
+    for label, probs in pred.finding_probs.items():
+        kind = model.ontology.by_label(label).kind
+        assert set(probs) == {f.key for f in model.ontology.findings_at(kind)}
+        assert all(0.0 <= p <= 1.0 for p in probs.values())
+
+
+def test_export_refuses_a_baseline_checkpoint(tiny_cases, tmp_path):
+    import dataclasses
+
+    from model_export.configs import get_config
+    from model_export.training.loop import train
+    run = get_config("tiny").with_kind("unet")
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=1, validation_cases=0))
+    checkpoint = train(tiny_cases, run, tmp_path / "unet", progress=False)
+    assert load_checkpoint(checkpoint)[1]["run"]["model"]["kind"] == "unet"
+    with pytest.raises(ModelExportError, match="unet"):
+        export_model(checkpoint, tmp_path / "out")

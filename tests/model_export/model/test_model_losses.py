@@ -1,0 +1,63 @@
+"""The partial-label loss leaves unlabelled classes out; the finding loss uses only stated levels."""
+
+from __future__ import annotations
+
+import torch
+
+from model_export.model.losses import PartialDiceCELoss, finding_loss, merge_unlabelled
+
+
+def _logits_and_target():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))  # class 3 never appears: this source does not label it
+    return logits, target
+
+
+def test_moving_probability_between_background_and_an_unlabelled_class_leaves_the_loss_unchanged():
+    logits, target = _logits_and_target()
+    labelled = torch.tensor([True, True, True, False])
+    loss = PartialDiceCELoss()
+    shifted = logits.clone()
+    # raise class 3 and lower background so that their summed probability stays the same
+    p = torch.softmax(logits, 1)
+    merged = p[:, 0] + p[:, 3]
+    new3 = 0.9 * merged
+    new0 = merged - new3
+    shifted[:, 3] = torch.log(new3) - torch.log(p[:, 3]) + logits[:, 3]
+    shifted[:, 0] = torch.log(new0) - torch.log(p[:, 0]) + logits[:, 0]
+    assert torch.allclose(torch.softmax(shifted, 1)[:, 1:3], p[:, 1:3], atol=1e-5)
+    assert torch.isclose(loss(logits, target, labelled), loss(shifted, target, labelled), atol=1e-5)
+
+
+def test_the_same_shift_changes_the_loss_when_the_class_is_labelled():
+    logits, target = _logits_and_target()
+    labelled = torch.ones(4, dtype=torch.bool)
+    loss = PartialDiceCELoss()
+    shifted = logits.clone()
+    shifted[:, 3] += 3.0
+    shifted[:, 0] -= 1.0
+    assert not torch.isclose(loss(logits, target, labelled), loss(shifted, target, labelled), atol=1e-3)
+
+
+def test_merged_distribution_sums_to_one_and_empties_unlabelled_channels():
+    logits, _ = _logits_and_target()
+    merged = merge_unlabelled(logits, torch.tensor([True, True, False, False])).exp()
+    assert torch.allclose(merged.sum(1), torch.ones(2, 8, 8), atol=1e-5)
+    assert merged[:, 2:].max() < 1e-10
+
+
+def test_finding_loss_ignores_levels_the_source_does_not_state():
+    torch.manual_seed(0)
+    pixel_logits = torch.randn(2, 2, 6, 6, requires_grad=True)
+    target = torch.zeros(2, 6, 6, dtype=torch.long)
+    target[:, :3] = 1
+    target[:, 3:] = 2
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    known = torch.tensor([[True, False], [False, False]])  # only (structure 1, finding 0) is stated
+    loss = finding_loss(pixel_logits, target, 2, targets, known)
+    loss.backward()
+    grad = pixel_logits.grad
+    assert grad[:, 0, :3].abs().sum() > 0  # finding 0 inside structure 1 drives the loss
+    assert grad[:, 1].abs().sum() == 0  # finding 1 is stated nowhere
+    assert grad[:, 0, 3:].abs().sum() == 0  # structure 2 is not stated for finding 0

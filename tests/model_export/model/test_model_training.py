@@ -1,0 +1,55 @@
+"""A tiny training run lowers the loss, writes its artefacts, and resumes where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from model_export.configs import get_config
+from model_export.data import load_cases
+from model_export.model.losses import PartialDiceCELoss
+from model_export.model.network import build_model, load_checkpoint
+from model_export.training.loop import train
+from model_export.training.prepare import prepare_case
+from service.ontology import DEFAULT_ONTOLOGY
+
+
+def _loss_on_fixed_batch(model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(PartialDiceCELoss()(model(batch.image)["logits"], batch.target, batch.labelled))
+
+
+def test_tiny_training_run_lowers_the_segmentation_loss(tiny_cases, tmp_path):
+    run = get_config("tiny")
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=25, validation_cases=0))
+    batch = prepare_case(load_cases(tiny_cases)[0], run.model.input_size, DEFAULT_ONTOLOGY)
+    torch.manual_seed(run.train.seed)
+    before = _loss_on_fixed_batch(build_model(run, DEFAULT_ONTOLOGY, work_dir=tmp_path), batch)
+    model, _ = load_checkpoint(train(tiny_cases, run, tmp_path, progress=False))
+    after = _loss_on_fixed_batch(model, batch)
+    assert after < before - 0.05, (before, after)
+
+
+def test_training_writes_checkpoints_curves_history_and_tuned_thresholds(tiny_checkpoint):
+    run_dir = tiny_checkpoint.parent
+    for name in ("final.pt", "last.pt", "curves.png", "history.json"):
+        assert (run_dir / name).is_file(), name
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, get_config("tiny").train.steps + 1))
+    assert any("val_dice" in h for h in history)
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    assert set(ckpt["finding_thresholds"]) == {f.key for f in DEFAULT_ONTOLOGY.findings}
+    assert ckpt["provenance"]["validation_cases"] == ["case2"]
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_cases, tmp_path):
+    run = get_config("tiny")
+    short = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=4, validation_cases=0))
+    train(tiny_cases, short, tmp_path, progress=False)
+    longer = dataclasses.replace(short, train=dataclasses.replace(short.train, steps=6))
+    train(tiny_cases, longer, tmp_path, resume=True, progress=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
