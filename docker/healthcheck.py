@@ -40,7 +40,8 @@ def check_worker() -> str:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     host = socket.gethostname()
     live = telemetry.live_workers(client, settings.stream_prefix, 3 * settings.worker_heartbeat_s)
-    mine = [w for w in live if w.worker_id.split(":", 1)[0] == host]
+    # worker ids are "worker-<host>-<pid>" (lumbar-ai worker's default name) or "<host>:<anything>"
+    mine = [w for w in live if w.worker_id.startswith(f"worker-{host}-") or w.worker_id.split(":", 1)[0] == host]
     if not mine:
         raise RuntimeError(f"no recent heartbeat from a worker on {host}")
     return f"{len(mine)} worker(s) on {host} with model {mine[0].model_version}"

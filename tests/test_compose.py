@@ -227,8 +227,8 @@ def test_healthcheck_worker_wants_a_heartbeat_from_its_own_host(redis_url: str) 
     env = {"LUMBAR_AI_REDIS_URL": redis_url, "LUMBAR_AI_STREAM_PREFIX": "hc-test"}
     assert _healthcheck("worker", env).returncode == 1
     client = redis.Redis.from_url(redis_url)
-    telemetry.heartbeat(client, "hc-test", "another-host:1", "demo", "1", [])
+    telemetry.heartbeat(client, "hc-test", f"worker-another-{socket.gethostname()}-1", "demo", "1", [])
     assert _healthcheck("worker", env).returncode == 1
-    telemetry.heartbeat(client, "hc-test", f"{socket.gethostname()}:42", "demo", "1", [])
+    telemetry.heartbeat(client, "hc-test", f"worker-{socket.gethostname()}-42", "demo", "1", [])  # its format
     result = _healthcheck("worker", env)
     assert result.returncode == 0, result.stdout
