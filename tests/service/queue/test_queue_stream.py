@@ -6,6 +6,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.errors import QueueError
 from service.queue.jobs import Job, make_job_id
@@ -139,6 +141,6 @@ def test_claim_blocks_until_a_job_arrives_or_the_timeout(client):
 
 
 def test_redis_down_is_a_queue_error():
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     with pytest.raises(QueueError):
         queue(dead).enqueue(job())

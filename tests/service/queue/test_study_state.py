@@ -7,6 +7,8 @@ import threading
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.errors import QueueError, StudyNotFoundError
 from service.queue.state import SeriesSummary, StudyRecord, StudyState, StudyStore
@@ -99,7 +101,9 @@ def test_concurrent_writers_of_different_fields_never_lose_each_others_writes(st
 
 
 def test_redis_down_is_a_queue_error():
-    dead = StudyStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), "test")
+    dead = StudyStore(
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "test"
+    )
     with pytest.raises(QueueError):
         dead.get("1.2.3")
     with pytest.raises(QueueError):
