@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -85,7 +86,8 @@ def _parse(data: bytes) -> Dataset:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
         end = None
         for raw in ds.elements():  # raw (unconverted) elements, in stream order
-            if raw.length == _UNDEFINED_LENGTH:
+            if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+                # already converted by pydicom while reading (Specific Character Set) or a sequence
                 end = None
                 continue
             if raw.value is not None and len(raw.value) != raw.length:

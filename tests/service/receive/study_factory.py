@@ -84,6 +84,7 @@ def make_instance(study_uid: str, series_uid: str, spec: SeriesSpec, index: int,
     ds.SOPClassUID = MR_IMAGE_STORAGE
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"  # pydicom converts it while reading: not a raw element
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientName = "SYNTHETIC^TEST"
