@@ -9,6 +9,7 @@ vertebral bodies, flat posterior walls and concave endplates of a real spine.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from .canvas import Canvas, Region
 from .spine import Segment, SpineModel
@@ -33,42 +34,51 @@ def radial(t: np.ndarray, x: np.ndarray, a: float, b: float, front_p: float = 2.
     return (u ** p + v ** p) ** (1.0 / p)
 
 
+def body_axis_y(spine: SpineModel, z: np.ndarray) -> np.ndarray:
+    """Patient y of the spine smoothed over about 10 cm, as a function of patient z."""
+    order = np.argsort(spine.curve_yz[:, 1])
+    zs = spine.curve_yz[order, 1]
+    grid = np.arange(zs[0], zs[-1], 2.0)
+    ys = gaussian_filter1d(np.interp(grid, zs, spine.curve_yz[order, 0]), 25.0, mode="nearest")
+    return np.interp(z, grid, ys).astype(np.float32)
+
+
 def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
-    """Skin-to-skin body: subcutaneous fat, back muscles, psoas, abdomen or lung, vessels."""
+    """Skin-to-skin body: subcutaneous fat, back muscles, psoas, abdomen or lung, vessels.
+
+    Terms that depend on (s, t) only are computed before being combined with x, which keeps the work
+    on a volume canvas close to one pass over the voxels.
+    """
     r = canvas.everything()
     s, t, dx = r.s, r.t, r.x - spine.x0
     a = half_depth_at(spine, s)
-    back = a + spine.canal_depth + spine.spinous_length + spine.muscle_depth * np.where(s < 0, 1.2, 1.0)
-    back = back + spine.fat_depth
-    front = -spine.abdomen_depth * np.where(s > spine.diaphragm_s, 1.1, 1.0)
+    # the skin follows a heavily smoothed spine: the back is hollow at the lordosis, but less than the spine
+    axis_y = body_axis_y(spine, r.z)
+    back = axis_y + 16 + spine.canal_depth + spine.spinous_length + spine.muscle_depth + spine.fat_depth
+    thorax = s > spine.diaphragm_s
+    front = axis_y - spine.abdomen_depth * np.where(r.z > spine.point(spine.diaphragm_s)[2], 1.1, 1.0)
     centre = 0.5 * (back + front)
     half_ap = 0.5 * (back - front)
-    bw = spine.body_half_width
-    u = np.abs(t - centre) / half_ap
-    body = (u ** 2.2 + np.abs(dx / bw) ** 2.2) <= 1.0
-    fat = spine.fat_depth
-    inner = (np.abs(t - centre) / (half_ap - fat)) ** 2.2 + np.abs(dx / (bw - fat)) ** 2.2 <= 1.0
-    tissue = np.where(body, np.uint8(Tissue.FAT), np.uint8(Tissue.AIR))
+    bw, fat = spine.body_half_width, spine.fat_depth
+    body = ((r.y - centre) / half_ap) ** 2 + (dx / bw) ** 2 <= 1.0
+    inner = ((r.y - centre) / (half_ap - fat)) ** 2 + (dx / (bw - fat)) ** 2 <= 1.0
     posterior = t > a * 0.6
-    thorax = s > spine.diaphragm_s
-    anterior_content = np.where(thorax, np.uint8(Tissue.LUNG), np.uint8(Tissue.BOWEL))
-    inside = np.where(posterior, np.uint8(Tissue.MUSCLE), anterior_content)
-    tissue = np.where(inner, inside, tissue)
-    # anterior abdominal wall muscle, just inside the fat
-    wall = inner & (t < front + fat + 12) & ~thorax
-    tissue = np.where(wall, np.uint8(Tissue.MUSCLE), tissue)
+    content = np.where(posterior, np.uint8(Tissue.MUSCLE),
+                       np.where(thorax, np.uint8(Tissue.LUNG), np.uint8(Tissue.BOWEL)))
+    wall = (r.y < front + fat + 12) & ~thorax  # anterior abdominal wall muscle, just inside the fat
+    content = np.where(wall, np.uint8(Tissue.MUSCLE), content)
     # retroperitoneal fat around the front of the spine, psoas beside the lumbar bodies
-    retro = inner & (t > -a - 30) & (t < a * 0.6) & (np.abs(dx) < 75)
-    tissue = np.where(retro, np.uint8(Tissue.FAT), tissue)
-    lumbar = (s > 0) & (s < spine.diaphragm_s)
+    retro = ((t > -a - 30) & (t < a * 0.6)) & (np.abs(dx) < 75)
+    lumbar = (s > 0) & (s < spine.diaphragm_s) & (t > -a - 12) & (t < a * 0.5)
     psoas_w = 14 + 10 * np.clip((spine.diaphragm_s - s) / max(spine.diaphragm_s, 1.0), 0, 1)
-    psoas = lumbar & (np.abs(np.abs(dx) - (a + 14)) < psoas_w) & (t > -a - 12) & (t < a * 0.5)
-    tissue = np.where(psoas & inner, np.uint8(Tissue.MUSCLE), tissue)
-    r.put(np.ones(r.shape, bool), tissue)
-    # aorta (left) and inferior vena cava (right) in front of the spine
-    for dx_c, radius, s_lo in ((12.0, 11.0, spine.aorta_bifurcation_s), (-22.0, 10.0, spine.aorta_bifurcation_s - 10)):
-        vessel = ((t + a + radius + 3) ** 2 + (dx - dx_c) ** 2 < radius ** 2) & (s > s_lo)
-        r.put(vessel & inner, Tissue.VESSEL)
+    psoas = lumbar & (np.abs(np.abs(dx) - (a + 14)) < psoas_w)
+    vessels = np.zeros((), bool)
+    for dx_c, radius, s_lo in ((12.0, 11.0, spine.aorta_bifurcation_s),
+                               (-22.0, 10.0, spine.aorta_bifurcation_s - 10)):
+        vessels = vessels | ((((t + a + radius + 3) ** 2 - radius ** 2) + (dx - dx_c) ** 2 < 0) & (s > s_lo))
+    inside = np.where(vessels, np.uint8(Tissue.VESSEL),
+                      np.where(psoas, np.uint8(Tissue.MUSCLE), np.where(retro, np.uint8(Tissue.FAT), content)))
+    r.fill(np.where(inner, inside, np.where(body, np.uint8(Tissue.FAT), np.uint8(Tissue.AIR))))
 
 
 def paint_ligaments(canvas: Canvas, spine: SpineModel) -> None:
@@ -132,7 +142,7 @@ def paint_body(canvas: Canvas, spine: SpineModel, seg: Segment) -> None:
     reg.put(inside, tissue, seg.label)
 
 
-def paint_sacrum(canvas: Canvas, spine: SpineModel, seg: Segment) -> None:
+def paint_sacrum(canvas: Canvas, spine: SpineModel, seg: Segment, free_only: bool = False) -> None:
     """Five fused segments tapering caudally, with dark remnants of the sacral discs."""
     a, b = seg.half_depth, seg.half_width
     reg = canvas.region((seg.s0 - 1, seg.s1 + 1), (-a - 1, a + spine.canal_depth + 10),
@@ -154,7 +164,10 @@ def paint_sacrum(canvas: Canvas, spine: SpineModel, seg: Segment) -> None:
     plate = (reg.t > canal_back) & (reg.t < canal_back + 5 + 3 * frac) & (np.abs(reg.x - spine.x0) < b * taper)
     plate = plate & (reg.s < seg.s1 - 4)
     tissue = np.where(plate, np.uint8(Tissue.POSTERIOR_MARROW), tissue)
-    reg.put(inside | plate, tissue, seg.label)
+    mask = inside | plate
+    if free_only:  # beside a real mask: never paint over its structures or its canal
+        mask = mask & (reg.labels() == 0) & ~np.isin(reg.tissues(), (Tissue.CSF, Tissue.EPIDURAL_FAT))
+    reg.put(mask, tissue, seg.label)
 
 
 def paint_canal(canvas: Canvas, spine: SpineModel) -> None:
@@ -221,6 +234,12 @@ def paint_spine(canvas: Canvas, spine: SpineModel, degenerated_discs: set[str]) 
     """Everything but the abnormalities, in painting order."""
     paint_soft_tissue(canvas, spine)
     paint_ligaments(canvas, spine)
+    if spine.spider is not None:
+        from .spider import paint_spider
+
+        paint_spider(canvas, spine, degenerated_discs)
+        paint_sacrum(canvas, spine, spine.segments[0], free_only=True)
+        return
     for seg in spine.segments:
         if seg.kind == "disc":
             paint_disc(canvas, spine, seg, seg.name in degenerated_discs)

@@ -24,6 +24,8 @@ class Region:
     t: np.ndarray
     x: np.ndarray
     canvas: Canvas
+    y: np.ndarray | None = None  # patient y and z, given for everything() regions
+    z: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -33,6 +35,12 @@ class Region:
             where_label: int | None = None) -> None:
         """Paint ``tissue`` (and ``label``) where ``mask``; ``where_label`` restricts to one structure."""
         self.canvas.put(self, mask, tissue, label, where_label)
+
+    def fill(self, tissue: np.ndarray) -> None:
+        """Set the tissue of every point of the region (no label change)."""
+        tv, _ = self.canvas._views(self)
+        tv[...] = np.broadcast_to(tissue, tv.shape)
+        self.canvas._store(self, tv, self.canvas._views(self)[1])
 
     def labels(self) -> np.ndarray:
         return self.canvas.label_view(self)
@@ -80,15 +88,19 @@ class Canvas:
 class VolumeCanvas(Canvas):
     """Axis-aligned grid; arrays indexed (z, y, x) like SimpleITK's GetArrayFromImage."""
 
-    def __init__(self, s2d: np.ndarray, t2d: np.ndarray, x1d: np.ndarray) -> None:
-        self.s2d, self.t2d, self.x1d = s2d, t2d, x1d
+    def __init__(self, s2d: np.ndarray, t2d: np.ndarray, x1d: np.ndarray, y1d: np.ndarray, z1d: np.ndarray,
+                 spacing: tuple[float, float, float]) -> None:
+        self.s2d, self.t2d, self.x1d, self.y1d, self.z1d = s2d, t2d, x1d, y1d, z1d
+        self.origin = np.array([x1d[0], y1d[0], z1d[0]], dtype=np.float64)
+        self.spacing = spacing
         shape = (*s2d.shape, x1d.size)
         self.tissue = np.zeros(shape, np.uint8)
         self.label = np.zeros(shape, np.uint8)
 
     def everything(self) -> Region:
         key = (slice(None), slice(None), slice(None))
-        return Region(key, self.s2d[:, :, None], self.t2d[:, :, None], self.x1d[None, None, :], self)
+        return Region(key, self.s2d[:, :, None], self.t2d[:, :, None], self.x1d[None, None, :], self,
+                      self.y1d[None, :, None].astype(np.float32), self.z1d[:, None, None].astype(np.float32))
 
     def region(self, s: Range, t: Range, x: Range) -> Region | None:
         m = (self.s2d >= s[0]) & (self.s2d <= s[1]) & (self.t2d >= t[0]) & (self.t2d <= t[1])
@@ -111,14 +123,15 @@ class VolumeCanvas(Canvas):
 class PointCanvas(Canvas):
     """Arbitrary points (any shape); regions are index subsets."""
 
-    def __init__(self, s: np.ndarray, t: np.ndarray, x: np.ndarray) -> None:
+    def __init__(self, s: np.ndarray, t: np.ndarray, points: np.ndarray) -> None:
         self.shape = s.shape
-        self.s, self.t, self.x = s.ravel(), t.ravel(), x.ravel().astype(np.float32)
+        self.s, self.t = s.ravel(), t.ravel()
+        self.x, self.y, self.z = (points[..., i].ravel().astype(np.float32) for i in range(3))
         self.tissue = np.zeros(self.s.size, np.uint8)
         self.label = np.zeros(self.s.size, np.uint8)
 
     def everything(self) -> Region:
-        return Region(slice(None), self.s, self.t, self.x, self)
+        return Region(slice(None), self.s, self.t, self.x, self, self.y, self.z)
 
     def region(self, s: Range, t: Range, x: Range) -> Region | None:
         m = (self.s >= s[0]) & (self.s <= s[1]) & (self.t >= t[0]) & (self.t <= t[1])

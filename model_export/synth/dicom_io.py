@@ -9,6 +9,7 @@ and ImageSeriesReader's view of the DICOM series agree to the last written digit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,15 @@ def _base_dataset(study: StudyInfo, series_uid: str, series_number: int, protoco
     return ds
 
 
+def _raw(ds: Dataset) -> Dataset:
+    """The dataset re-read from its own encoding: its elements stay raw bytes, which pydicom writes
+    without re-encoding them, so the common part of every slice is encoded once per series."""
+    buf = BytesIO()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False, little_endian=True, implicit_vr=False)
+    return pydicom.dcmread(BytesIO(buf.getvalue()), force=True)
+
+
 def write_series(folder: Path, study: StudyInfo, series_uid: str, series_number: int, protocol: Protocol,
                  stacks: list[SliceStack], pixels: list[np.ndarray], name: str) -> list[Path]:
     """Write one series; ``stacks`` has one entry per orientation block (three for a 3-plane localizer).
@@ -141,7 +151,7 @@ def write_series(folder: Path, study: StudyInfo, series_uid: str, series_number:
     ``pixels[i]`` is (slices, rows, cols) uint16 in the sorted order of ``stacks[i]``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    base = _base_dataset(study, series_uid, series_number, protocol)
+    base = _raw(_base_dataset(study, series_uid, series_number, protocol))
     written: list[Path] = []
     instance = 0
     for block, (stack, px) in enumerate(zip(stacks, pixels, strict=True)):

@@ -94,7 +94,7 @@ def degenerate(spine: SpineModel, findings: list[FindingSpec], config: SynthConf
         chance = 0.8 if seg.name in herniated else 0.6 if near else config.degenerated_disc_probability
         if rng.random() < chance:
             dark.add(seg.name)
-            if rng.random() < 0.5:
+            if spine.spider is None and rng.random() < 0.5:  # a real mask keeps its own disc heights
                 loss = seg.height * rng.uniform(0.15, 0.35)
                 seg.s1 -= loss
                 for later in spine.segments[i + 1:]:

@@ -113,13 +113,13 @@ def plan_sagittal(spine: SpineModel, config: SynthConfig, rng: np.random.Generat
     """Sagittal T2 and T1 sharing the planning (angle, centre) but not slice count or field of view."""
     segs = {g.name: g for g in spine.segments}
     pick = rng.random()
-    if pick < 0.15:
-        s_c = segs["L5"].centre
-    elif pick < 0.27:
-        s_c = segs["L1"].centre
+    if pick < 0.12:  # low: sacrum and lower lumbar spine
+        s_c = rng.uniform(segs["L5"].s0, segs["L5"].s1)
+    elif pick < 0.22:  # high: thoracolumbar junction, sacrum partly cut
+        s_c = rng.uniform(segs["L2"].centre, segs["L1"].centre)
     else:
-        s_c = rng.uniform(segs["L4"].centre, segs["L2"].centre)
-    centre = spine.patient_point(s_c, rng.uniform(-5, 35))
+        s_c = rng.uniform(segs["L4"].centre, segs["L3"].centre)
+    centre = spine.patient_point(s_c, rng.uniform(25, 60))
     centre[0] = spine.x0 + rng.uniform(-3, 3)
     oblique = rng.random() < config.oblique_probability
     m = np.deg2rad(config.max_oblique_deg) if oblique else np.deg2rad(0.3)
@@ -137,11 +137,14 @@ def plan_sagittal(spine: SpineModel, config: SynthConfig, rng: np.random.Generat
         n = int(rng.integers(config.slices[0], config.slices[1] + 1))
         thickness = float(np.round(rng.uniform(*config.slice_thickness), 1))
         gap = thickness * float(rng.choice([1.0, 1.0, 1.1, 1.2]))
-        if limits and "max_slab" in limits:  # SPIDER masks only cover a slab of known width
-            while n > config.slices[0] and n * gap > limits["max_slab"]:
-                n -= 1
         jitter = np.array([rng.uniform(-2, 2), rng.uniform(-4, 4), rng.uniform(-6, 6)])
-        stacks.append(_stack(centre + jitter, rot, row, col, matrix, matrix, spacing, n, gap, thickness, rng))
+        here = centre + jitter
+        if limits:  # a SPIDER mask covers a known slab and height: stay inside it
+            lo, hi = limits["x_range"]
+            while n > config.slices[0] and n * gap > (hi - lo) + 8:
+                n -= 1
+            here[2] = min(here[2], limits["z_top"] - matrix * spacing / 2)
+        stacks.append(_stack(here, rot, row, col, matrix, matrix, spacing, n, gap, thickness, rng))
     return stacks[0], stacks[1]
 
 

@@ -10,6 +10,7 @@ Lordosis, sacral slope and kyphosis are curvatures of the line; vertebrae and di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
@@ -74,6 +75,7 @@ class SpineModel:
     aorta_bifurcation_s: float = 90.0
     transitional: str | None = None  # None | "sacralised" | "lumbarised"
     source: str = "procedural"
+    spider: Any = None  # SpiderAnatomy when the vertebrae, discs and canal come from a real mask
     _tree: cKDTree | None = field(default=None, repr=False)
 
     # -- curve geometry ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import zoom
 
 from service.ontology import DEFAULT_ONTOLOGY
 
@@ -84,7 +85,7 @@ def _rngs(seed: int) -> dict[str, np.random.Generator]:
 
 def _choose_anatomy(seed: int, config: SynthConfig, rng: np.random.Generator) -> tuple[SpineModel, dict]:
     folder = config.resolved_spider_dir()
-    use = folder is not None and config.use_spider is True  # SPIDER by default once spider.py lands
+    use = folder is not None and (config.use_spider is True or rng.random() < config.spider_fraction)
     if use:
         from .spider import spider_spine
 
@@ -109,22 +110,19 @@ def _fine_grid(spine: SpineModel, stacks: list[SliceStack], config: SynthConfig)
     corners = np.concatenate([st.corners() for st in stacks])
     lo = corners.min(axis=0) - 2.0
     hi = corners.max(axis=0) + 2.0
-    dx = min(1.0, min(st.thickness for st in stacks) / 3.0)
+    dx = float(np.clip(min(st.thickness for st in stacks) / 3.0, 0.8, 1.67))  # three samples a slice
     dyz = min(config.render_spacing, max(min(st.pixel_spacing for st in stacks), 0.5))
     x = np.arange(lo[0], hi[0] + dx, dx, dtype=np.float32)
     y = np.arange(lo[1], hi[1] + dyz, dyz)
     z = np.arange(lo[2], hi[2] + dyz, dyz)
     zz, yy = np.meshgrid(z, y, indexing="ij")
     s2d, t2d = spine.st_of(yy, zz)
-    canvas = VolumeCanvas(s2d, t2d, x)
-    canvas.origin = np.array([x[0], y[0], z[0]])  # type: ignore[attr-defined]
-    canvas.spacing = (dx, dyz, dyz)  # type: ignore[attr-defined]
-    return canvas
+    return VolumeCanvas(s2d, t2d, x, y, z, (dx, dyz, dyz))
 
 
 def _point_canvas(spine: SpineModel, pts: np.ndarray) -> PointCanvas:
     s, t = spine.st_of(pts[..., 1], pts[..., 2])
-    return PointCanvas(s, t, pts[..., 0].astype(np.float32))
+    return PointCanvas(s, t, pts)
 
 
 def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
@@ -173,16 +171,21 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
 
 
 def _render_points(spine: SpineModel, findings: list[FindingSpec], dark: set[str], stack: SliceStack,
-                   weighting: str, rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
-    """Render a non-sagittal series straight from the anatomy at its pixel centres (two samples per slice)."""
-    half = stack.thickness / 4
-    pts = stack.points((-half, half))
-    canvas = _point_canvas(spine, pts)
+                   weighting: str, rng: np.random.Generator, config: SynthConfig, factor: int = 2) -> np.ndarray:
+    """Render a non-sagittal series straight from the anatomy, at 1/factor of its matrix, then upsample.
+
+    These series exist to exercise series selection and to look plausible, not to train on, so they
+    are drawn at pixel centres of a coarser grid (no partial volume) to keep generation fast.
+    """
+    coarse = SliceStack(stack.rows // factor, stack.cols // factor, stack.pixel_spacing * factor, stack.row_dir,
+                        stack.col_dir, stack.centres, stack.thickness)
+    canvas = _point_canvas(spine, coarse.points()[0])
     paint_spine(canvas, spine, dark)
     paint_findings(canvas, spine, findings)
     tissue, _ = canvas.arrays()
     contrast = draw_contrast(weighting, rng)
-    image = contrast.lut[tissue].mean(axis=0)
+    small = contrast.lut[tissue]
+    image = zoom(small, (1, stack.rows / small.shape[1], stack.cols / small.shape[2]), order=1)
     return acquire(image, stack, rng, config.noise, (0.05, 0.2), rng.uniform(1500, 3800))
 
 
