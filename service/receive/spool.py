@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ ASSEMBLED = ".assembled"
 SUFFIX = ".dcm"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+FREE_SPACE_TTL_S = 1.0
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -139,6 +141,9 @@ class Spool:
         self.reserve_bytes = int(reserve_bytes)
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self._free_lock = threading.Lock()
+        self._free = 0
+        self._free_at = 0.0
 
     @classmethod
     def from_settings(cls, settings) -> Spool:
@@ -186,23 +191,27 @@ class Spool:
 
     def _write(self, path: Path, data: bytes) -> bool:
         """Write atomically; True when an identical file was already there (nothing written)."""
-        if path.exists() and path.stat().st_size == len(data) and path.read_bytes() == data:
-            return True
-        self._ensure_dir(path.parent)
-        free = shutil.disk_usage(path.parent).free
-        if free - len(data) < self.reserve_bytes:
-            raise SpoolFullError(
-                f"spool has {free // 2**20} MiB free, reserve is {self.reserve_bytes // 2**20} MiB"
-            )
-        tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            existing = os.stat(path)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and existing.st_size == len(data) and path.read_bytes() == data:
+            return True
+        self._reserve(len(data))
+        tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            try:
+                fd = os.open(tmp, flags, 0o640)
+            except FileNotFoundError:  # first instance of its series: create the directories
+                self._ensure_dir(path.parent)
+                fd = os.open(tmp, flags, 0o640)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 if self.fsync:
-                    os.fsync(fd)
+                    os.fdatasync(fd)  # data and size; the name is made durable by the directory fsync
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -214,6 +223,24 @@ class Spool:
                 raise SpoolFullError(f"no space left writing {path.name}") from exc
             raise ReceiveError(f"could not write {path.name}: {exc.strerror}") from exc
         return False
+
+    def _reserve(self, size: int) -> None:
+        """SpoolFullError when writing size bytes would go below the reserve.
+
+        Free space is read from the filesystem at most every FREE_SPACE_TTL_S and counted down by what
+        is written in between, which keeps a statvfs call off the path of every instance.
+        """
+        with self._free_lock:
+            now = time.monotonic()
+            if now - self._free_at > FREE_SPACE_TTL_S:
+                self._free = shutil.disk_usage(self.root).free
+                self._free_at = now
+            if self._free - size < self.reserve_bytes:
+                self._free_at = 0.0  # look again next time: space may have been freed
+                raise SpoolFullError(
+                    f"spool has {self._free // 2**20} MiB free, reserve is {self.reserve_bytes // 2**20} MiB"
+                )
+            self._free -= size
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create study/series directories, fsyncing each parent so a new directory survives a crash."""

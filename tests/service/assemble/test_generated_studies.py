@@ -89,14 +89,14 @@ def test_a_generated_study_sent_with_storescu_is_stored_byte_for_byte_and_queued
         study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         store = StudyStore(client, "generated")
         deadline = time.monotonic() + 20  # early completion: far sooner than the 30 s quiet period
-        while (
-            time.monotonic() < deadline
-            and (store.get(study_uid) or None) is not None
-            and store.get(study_uid).state != StudyState.QUEUED
-        ):
+        record = None
+        while time.monotonic() < deadline:
+            record = store.get(study_uid)
+            if record is not None and record.state == StudyState.QUEUED and record.instances == len(files):
+                break
             time.sleep(0.1)
-        record = store.get(study_uid)
-        assert record.state == StudyState.QUEUED and record.instances == len(files)
+        assert record is not None and record.state == StudyState.QUEUED and record.instances == len(files)
+        assert "unchanged for 0.5 s" in record.decisions[0]
         roles = {s.role for s in record.series}
         assert roles == {"t1", "t2", None}
     finally:
