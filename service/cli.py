@@ -18,7 +18,15 @@ from types import ModuleType
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_export.synth.cli_synth", "generate synthetic lumbar MRI studies with ground truth"),
     "synth-sheet": ("model_export.synth.cli_sheet", "write a PNG contact sheet of a generated study"),
+    "train": ("model_export.cli_train", "train the text-guided model or a baseline (checkpoints, curves)"),
+    "evaluate": ("model_export.cli_evaluate", "compare models on held-out studies (Dice, IoU, findings, tests)"),
+    "export": ("model_export.cli_export", "export a checkpoint to a checked ONNX model directory"),
+    "build-demo-model": ("model_export.demo_model", "build models/demo when absent (generate, train, export)"),
     "listen": ("service.receive.cli", "run the DICOM listener and the study assembler (receive, assemble, enqueue)"),
+    "api": ("service.api.cli", "serve the REST API, the web page (/ui) and the metrics"),
+    "worker": ("service.worker.cli", "run inference jobs from the queue: SEG, SR, preview and report, then deliver"),
+    "deliver": ("service.deliver.runner", "send results to the configured PACS destinations; sweep expired results"),
+    "demo": ("service.demo", "run the whole pipeline locally on a generated study (the README's main command)"),
 }
 
 

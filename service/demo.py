@@ -1,0 +1,391 @@
+"""``lumbar-ai demo``: the whole pipeline on this machine, on a study the model never saw.
+
+Builds the demo model when absent, starts Redis (only when none answers), the listener, a worker, the API
+and a PACS stand-in (dcmtk ``storescp``) as subprocesses, generates a synthetic study with a seed outside
+the training range, sends it with a real C-STORE (dcmtk ``storescu``), waits for the result and prints the
+findings per level and where the SEG, SR and preview are. Ctrl-C stops the processes it started, and only
+those: each runs in its own session and is stopped by its own process group id.
+
+The model_export package is reached through importlib only (``service`` never imports it), so a service
+install without the training extras can still run the demo with ``--model-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.config import get_settings
+from service.errors import ConfigError, LumbarAIError
+
+HELD_OUT_SEEDS = (900_000, 999_999)
+"""Seeds of the demo study: far from the training seeds (10 000 + n) and the evaluation seeds."""
+OUR_AE, PACS_AE, SENDER_AE = "LUMBAR_AI", "DEMO_PACS", "DEMO_MODALITY"
+STREAM_PREFIX = "lumbar-ai-demo"
+"""Keys of the demo in Redis stay apart from a deployment that shares the same Redis."""
+
+
+class DemoError(LumbarAIError):
+    """The demo could not start or finish; the message says which part and where its log is."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", type=Path, help="use this exported model directory (skip the build)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where models/demo is built")
+    parser.add_argument("--build-budget", type=float, default=900.0, help="seconds for building the model")
+    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="spool, results, PACS, logs")
+    parser.add_argument(
+        "--seed", type=int, help=f"seed of the generated study (default: random in {HELD_OUT_SEEDS})"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result")
+    parser.add_argument("--quiet-period", type=float, default=3.0, help="study quiet period in seconds")
+    parser.add_argument("--api-port", type=int, default=0, help="API port (default: a free port)")
+    parser.add_argument(
+        "--exit-after-result", action="store_true", help="stop everything once results are in"
+    )
+    parser.add_argument(
+        "--small-study", action="store_true", help="generate a small study (CI smoke runs with a tiny model)"
+    )
+
+
+@dataclass
+class Started:
+    """What the demo started, to stop exactly that (and nothing else) on exit."""
+
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.logs[name] = log_dir / f"{name}.log"
+        with open(self.logs[name], "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited with status {proc.returncode}; see {self.logs[name]}")
+
+    def stop_all(self, grace_s: float = 15.0) -> None:
+        """SIGTERM to each process group we started, newest first; SIGKILL what is left after the grace."""
+        for proc in reversed(list(self.processes.values())):
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session made it its leader
+    except ProcessLookupError:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client.ping()
+        client.close()
+        return True
+    except redis.RedisError:
+        return False
+
+
+def _ensure_model(args: argparse.Namespace) -> Path:
+    if args.model_dir is not None:
+        if not (args.model_dir / "model.json").is_file():
+            raise ConfigError(f"--model-dir {args.model_dir} has no model.json")
+        return args.model_dir
+    try:
+        demo_model = importlib.import_module("model_export.demo_model")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"cannot build the demo model ({exc.name} is not installed): install the [train] extra "
+            "or pass --model-dir with an exported model"
+        ) from exc
+    target = args.models_dir / "demo"
+    if not (target / "model.json").is_file():
+        print(
+            f"Building the demo model in {target} (first run only; at most {args.build_budget / 60:.0f} min)..."
+        )
+    return Path(demo_model.ensure_demo_model(args.models_dir, budget_s=args.build_budget))
+
+
+def _generate_study(out_dir: Path, seed: int, small: bool) -> tuple[str, Path, dict]:
+    synth = importlib.import_module("model_export.synth")
+    config = None
+    if small:
+        overrides = importlib.import_module("model_export.synth.config").SMALL_TEST_CONFIG
+        config = synth.SynthConfig(use_spider=False, **overrides)
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)  # the generator's pydicom deprecation notes are not the demo's news
+    try:
+        truth = synth.generate_study(out_dir, seed=seed, config=config)
+    finally:
+        pydicom_log.setLevel(level)
+    return truth.study_instance_uid, out_dir / "dicom", truth.positive_levels()
+
+
+def _pacs_command(port: int, out_dir: Path) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storescp = shutil.which("storescp")
+    if storescp is None:
+        raise ConfigError("dcmtk's storescp is missing (make demo installs dcmtk with apt-get)")
+    return [storescp, "--aetitle", PACS_AE, "--output-directory", str(out_dir), "+xa", str(port)]
+
+
+def _send_study(dicom_dir: Path, port: int, log: Path) -> None:
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise ConfigError("dcmtk's storescu is missing (make demo installs dcmtk with apt-get)")
+    cmd = [storescu, "-aet", SENDER_AE, "-aec", OUR_AE, "+sd", "+r", "127.0.0.1", str(port), str(dicom_dir)]
+    with open(log, "ab") as out:
+        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    if result.returncode != 0:
+        raise DemoError(f"storescu failed with status {result.returncode}; see {log}")
+
+
+def _get(url: str, key: str | None = None, timeout: float = 5.0, method: str = "GET") -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(url, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def _wait_until(what: str, check, timeout_s: float, started: Started, interval_s: float = 0.5):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        started.check_alive()
+        result = check()
+        if result:
+            return result
+        time.sleep(interval_s)
+    raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _print_findings(report: dict, truth_positive: dict) -> None:
+    print("\nFindings per level (probability; * = above the model's threshold):")
+    for level in report.get("levels", []):
+        findings = level.get("findings") or []
+        if not findings:
+            continue
+        cells = ", ".join(
+            f"{f['name']} {f['probability']:.2f}{'*' if f['present'] else ''}" for f in findings
+        )
+        print(f"  {level.get('structure', level.get('level', '?')):<14} {cells}")
+    positives = report.get("positive_findings") or []
+    summary = "; ".join(f"{p['structure']}: {p['finding']}" for p in positives) or "none"
+    print(f"Positive findings: {summary}")
+    truth = "; ".join(
+        f"{lv}: {', '.join(k.replace('_', ' ') for k in ks)}" for lv, ks in truth_positive.items()
+    )
+    print(f"Ground truth of the generated study: {truth or 'no abnormality'}")
+    if report.get("statement"):
+        print(report["statement"])
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    data_dir = args.data_dir.resolve()
+    logs = data_dir / "logs"
+    started = Started()
+    stop_requested = False
+
+    def _on_sigterm(signum, _frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        model_dir = _ensure_model(args).resolve()
+        redis_url = settings.redis_url
+        if not _redis_answers(redis_url):
+            redis_server = shutil.which("redis-server")
+            if redis_server is None:
+                raise ConfigError(f"no Redis answers at {redis_url} and redis-server is not installed")
+            port = _free_port()
+            redis_dir = logs.parent / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            started.start(
+                "redis",
+                [
+                    redis_server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(redis_dir),
+                ],
+                dict(os.environ),
+                logs,
+            )
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            _wait_until("Redis", lambda: _redis_answers(redis_url), 20, started, 0.1)
+            print(f"Started Redis on port {port} (none answered at {settings.redis_url})")
+
+        key = secrets.token_urlsafe(24)
+        dicom_port, pacs_port = _free_port(), _free_port()
+        api_port = args.api_port or _free_port()
+        env = {
+            **os.environ,
+            "LUMBAR_AI_REDIS_URL": redis_url,
+            "LUMBAR_AI_STREAM_PREFIX": STREAM_PREFIX,
+            "LUMBAR_AI_DATA_DIR": str(data_dir),
+            "LUMBAR_AI_MODEL_DIR": str(model_dir),
+            "LUMBAR_AI_QUIET_PERIOD_S": str(args.quiet_period),
+            "LUMBAR_AI_SERIES_SETTLE_S": str(min(args.quiet_period, 2.0)),
+            "LUMBAR_AI_AE_TITLE": OUR_AE,
+            "LUMBAR_AI_LISTEN_HOST": "127.0.0.1",
+            "LUMBAR_AI_LISTEN_PORT": str(dicom_port),
+            "LUMBAR_AI_ALLOWED_CALLING_AETS": "[]",
+            "LUMBAR_AI_ALLOWED_IPS": "[]",
+            "LUMBAR_AI_API_HOST": "127.0.0.1",
+            "LUMBAR_AI_API_PORT": str(api_port),
+            "LUMBAR_AI_API_KEYS": json.dumps([key]),
+            "LUMBAR_AI_DESTINATIONS": json.dumps(
+                [{"ae_title": PACS_AE, "host": "127.0.0.1", "port": pacs_port}]
+            ),
+            "LUMBAR_AI_DISK_RESERVE_MB": "64",
+            "LUMBAR_AI_DELIVER_BACKOFF_S": "1",
+        }
+        env.pop("LUMBAR_AI_API_KEYS_FILE", None)  # the demo's key only
+        cli = [sys.executable, "-m", "service.cli"]
+        pacs_dir = data_dir / "pacs"
+        started.start("pacs", _pacs_command(pacs_port, pacs_dir), env, logs)
+        started.start("listener", [*cli, "listen"], env, logs)
+        started.start("worker", [*cli, "worker"], env, logs)
+        started.start("api", [*cli, "api"], env, logs)
+        base = f"http://127.0.0.1:{api_port}"
+        print(
+            f"Started the DICOM listener ({OUR_AE} on port {dicom_port}), a worker, the API ({base}) "
+            f"and a PACS stand-in ({PACS_AE} on port {pacs_port}); logs in {logs}"
+        )
+        _wait_until(
+            "the API and a worker with the model loaded (see the worker log)",
+            lambda: _get(f"{base}/readyz")[0] == 200,
+            300,
+            started,
+        )
+
+        seed = args.seed if args.seed is not None else random.randint(*HELD_OUT_SEEDS)
+        with tempfile.TemporaryDirectory(prefix="lumbar-ai-demo-study-") as tmp:
+            study_uid, dicom_dir, truth_positive = _generate_study(
+                Path(tmp) / "study", seed, args.small_study
+            )
+            count = sum(1 for _ in dicom_dir.rglob("*.dcm"))
+            series = sum(1 for p in dicom_dir.iterdir() if p.is_dir())
+            print(
+                f"Generated study {study_uid} (seed {seed}, {count} instances in {series} series); "
+                f"sending it with storescu..."
+            )
+            _get(
+                f"{base}/studies/{study_uid}", key, method="DELETE"
+            )  # a rerun with the same seed starts afresh
+            sent_at = time.time()
+            _send_study(dicom_dir, dicom_port, logs / "storescu.log")
+
+        last_state = None
+
+        def finished() -> dict | None:
+            nonlocal last_state
+            status, body = _get(f"{base}/studies/{study_uid}", key)
+            if status != 200:
+                return None
+            detail = json.loads(body)
+            if detail["state"] != last_state:
+                last_state = detail["state"]
+                print(f"  {time.time() - sent_at:6.1f} s  {last_state}")
+            return detail if detail["state"] in ("done", "failed") else None
+
+        detail = _wait_until("the result", finished, args.timeout, started)
+        if detail["state"] == "failed":
+            raise DemoError(f"study failed: {detail.get('error')}; see {started.logs['worker']}")
+        report = json.loads(_get(f"{base}/studies/{study_uid}/report", key)[1])
+        _print_findings(report, truth_positive)
+        results = data_dir / "results" / study_uid
+        delivered = _wait_until_delivered(pacs_dir, started)
+        print(
+            f"\nResults in {results}: " + ", ".join(sorted(p.name for p in results.iterdir() if p.is_file()))
+        )
+        print(f"Delivered to the PACS stand-in over C-STORE: {delivered} instance(s) in {pacs_dir}")
+        print(f"API:       {base}/docs   (API key: {key})")
+        print(f"Web page:  {base}/ui#key={key}&study={study_uid}")
+        print(f"Metrics:   curl -H 'Authorization: Bearer {key}' {base}/metrics")
+        if args.exit_after_result:
+            return 0
+        print("\nRunning; press Ctrl-C to stop everything the demo started.")
+        while True:
+            started.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        stop_requested = True
+        return 130
+    finally:
+        if started.processes:
+            print(
+                "Stopping " + ", ".join(reversed(list(started.processes))) + ("..." if stop_requested else "")
+            )
+        started.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_until_delivered(pacs_dir: Path, started: Started, timeout_s: float = 60.0) -> int:
+    """Instances the PACS stand-in has received; waits a little for the delivery step to finish."""
+
+    def count() -> int:
+        return sum(1 for p in pacs_dir.iterdir() if p.is_file()) if pacs_dir.is_dir() else 0
+
+    try:
+        _wait_until("delivery to the PACS stand-in", lambda: count() >= 2, timeout_s, started)
+    except DemoError:
+        pass  # reported as the count below; the results are on disk and in the API either way
+    return count()
