@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
 import redis
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update=overrides)
 
+    # pynetdicom's association threads poll with 1 ms sleeps; a waking thread waits for the GIL up to the
+    # switch interval (5 ms by default), which adds up to most of an instance's round trip
+    sys.setswitchinterval(0.001)
     spool = Spool.from_settings(settings)
     removed = spool.remove_stale_temp_files()
     if removed:
