@@ -8,7 +8,6 @@ SEG and the SR and for the contributing equipment in every instance; both come f
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,25 +63,23 @@ class ResultContext:
         return derive_uid(self.job_id, *parts)
 
     @property
-    def trained_on_synthetic_data(self) -> bool:
-        """The card says so in its provenance or training-data statement."""
-        for key in ("provenance", "training_data", "trained_on"):
-            if "synthetic" in json.dumps(self.card.get(key, "")).lower():
-                return True
-        return False
-
-    @property
     def provenance_statement(self) -> str:
-        value = self.card.get("provenance") or self.card.get("training_data")
+        """What the card says the model was trained on (``training.statement``, or a ``provenance`` field)."""
+        training = self.card.get("training")
+        if isinstance(training, dict) and isinstance(training.get("statement"), str):
+            return training["statement"]
+        value = self.card.get("provenance") or training
         if isinstance(value, str):
             return value
         if isinstance(value, dict):
             for key in ("statement", "summary", "description"):
                 if isinstance(value.get(key), str):
                     return value[key]
-        if self.trained_on_synthetic_data:
-            return "trained on synthetic data only"
         return "training data not stated in the model card"
+
+    @property
+    def trained_on_synthetic_data(self) -> bool:
+        return "synthetic" in self.provenance_statement.lower()
 
     @property
     def software_versions(self) -> list[str]:

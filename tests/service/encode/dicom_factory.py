@@ -73,7 +73,9 @@ def phantom(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return np.clip(vol, 0, 4000).astype(np.uint16)
 
 
-def _base_dataset(study_uid: str, series_uid: str, frame_uid: str, description: str, series_number: int) -> Dataset:
+def _base_dataset(
+    study_uid: str, series_uid: str, frame_uid: str, description: str, series_number: int
+) -> Dataset:
     ds = Dataset()
     ds.PatientName = "SYNTHETIC^TEST"
     ds.PatientID = "SYNTH-0001"
@@ -117,7 +119,7 @@ def _save(ds: Dataset, path: Path, transfer_syntax: str) -> None:
         ds.file_meta.TransferSyntaxUID = transfer_syntax
     else:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(transfer_syntax)
+        ds.compress(transfer_syntax, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -1,0 +1,184 @@
+"""The worker in-process against real Redis and a real exported model: results, states, failures."""
+
+from __future__ import annotations
+
+import json
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import redis
+from pydicom.uid import JPEG2000Lossless
+
+from service.deliver.outbox import Outbox
+from service.infer.postprocess import postprocess
+from service.infer.series import load_series, resample_onto
+from service.queue.state import StudyState, StudyStore
+from service.queue.stream import JobQueue
+from service.worker.loop import Worker
+from tests.service.worker.conftest import enqueue, make_settings, spool_files, write_study
+
+RESULT_FILES = ["preview.dcm", "preview.png", "report.json", "seg.dcm", "sr.dcm"]
+
+
+def seg_labels(seg_path, reference, ontology) -> np.ndarray:
+    """The SEG's label map on the reference series, in ontology label values."""
+    seg = hd.seg.segread(seg_path)
+    to_label = np.zeros(256, np.uint8)
+    for number in seg.get_segment_numbers():
+        code = seg.get_segment_description(number).segmented_property_type.value
+        to_label[number] = next(s.label for s in ontology.structures if s.code_value == code)
+    uids = [str(ds.SOPInstanceUID) for ds in reference.datasets]
+    return to_label[seg.get_pixels_by_source_instance(uids, combine_segments=True)]
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path, worker_model_dir):
+    return make_settings(redis_url, tmp_path / "data", worker_model_dir, pacs_port=4242)
+
+
+@pytest.fixture
+def worker(settings, onnx_model):
+    return Worker(settings, onnx_model, name="test-worker")
+
+
+@pytest.fixture
+def client(settings):
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def test_job_becomes_results_on_disk_state_done_and_a_queued_delivery(settings, worker, client, tmp_path):
+    study = spool_files(settings.spool_dir, write_study(tmp_path / "study"))
+    job = enqueue(settings, study, client)
+
+    outcome = worker.run_once(block_ms=100)
+
+    assert outcome is not None and outcome.state == StudyState.DONE, outcome
+    record = StudyStore(client, settings.stream_prefix).get(study.study_uid)
+    assert record.state == StudyState.DONE and record.error is None and record.attempts == 1
+    assert {"decode", "resample", "image_encoder", "fusion_head", "postprocess", "seg", "sr", "preview",
+            "write", "total"} <= set(record.timings)
+    folder = settings.results_dir / study.study_uid
+    assert sorted(p.name for p in folder.iterdir()) == RESULT_FILES
+    assert record.results["seg"] == str((folder / "seg.dcm").resolve())
+    report = json.loads((folder / "report.json").read_text())
+    assert report["job_id"] == job.job_id and report["model"]["trained_on_synthetic_data"] is True
+    assert report["series"] == {"t2": study.t2_series_uid, "t1": study.t1_series_uid,
+                                "reference": study.t2_series_uid}
+    assert report["levels"], "the model found no structure"
+    queue = JobQueue(client, settings)
+    assert queue.job_status(job.job_id) == "done" and queue.depth() == 0
+    assert Outbox(client, settings).waiting() == 1
+
+
+def test_seg_labels_equal_the_onnx_only_inference_after_postprocessing(settings, worker, client, onnx_model,
+                                                                      tmp_path):
+    files = write_study(tmp_path / "study", seed=3)
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+    assert worker.run_once(block_ms=100).state == StudyState.DONE
+
+    t2, t1 = load_series(files["t2"]), load_series(files["t1"])
+    prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
+    expected = postprocess(prediction.labels, prediction.finding_probs, onnx_model.ontology,
+                           onnx_model.finding_thresholds, t2)
+    got = seg_labels(settings.results_dir / study.study_uid / "seg.dcm", t2, onnx_model.ontology)
+    assert expected.labels.any()
+    np.testing.assert_array_equal(got, expected.labels)
+
+
+def test_study_without_its_series_fails_with_the_reason_while_the_next_study_is_done(settings, worker, client,
+                                                                                     tmp_path):
+    broken = spool_files(settings.spool_dir, write_study(tmp_path / "a", seed=1, with_t1=False))
+    enqueue(settings, broken, client, t2="1.2.3.999", t1=None)
+    good = spool_files(settings.spool_dir, write_study(tmp_path / "b", seed=2))
+    enqueue(settings, good, client)
+
+    first, second = worker.run_once(block_ms=100), worker.run_once(block_ms=100)
+
+    assert first.state == StudyState.FAILED and "1.2.3.999" in first.error and "no instances" in first.error
+    assert second.state == StudyState.DONE
+    store = StudyStore(client, settings.stream_prefix)
+    assert store.get(broken.study_uid).state == StudyState.FAILED
+    assert "no instances in the spool" in store.get(broken.study_uid).error
+    assert store.get(good.study_uid).state == StudyState.DONE
+    assert JobQueue(client, settings).depth() == 0  # an input error is final: acknowledged, not retried
+
+
+def test_undecodable_series_fails_the_study_naming_the_file(settings, worker, client, tmp_path):
+    files = write_study(tmp_path / "study", transfer_syntax=JPEG2000Lossless, with_t1=False)
+    victim = files["t2"][2]
+    ds = pydicom.dcmread(victim)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(victim, enforce_file_format=True)
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+
+    outcome = worker.run_once(block_ms=100)
+
+    assert outcome.state == StudyState.FAILED
+    assert victim.name in outcome.error and "could not be decoded" in outcome.error
+
+
+@pytest.mark.parametrize("present", ["t2", "t1"])
+def test_one_sagittal_series_alone_is_processed_with_a_warning(settings, worker, client, tmp_path, present):
+    files = write_study(tmp_path / "study", seed=4, with_t1=present == "t1", with_t2=present == "t2")
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+    outcome = worker.run_once(block_ms=100)
+    assert outcome.state == StudyState.DONE, outcome.error
+    record = StudyStore(client, settings.stream_prefix).get(study.study_uid)
+    other = "T1" if present == "t2" else "T2"
+    assert any(f"without its {other} channel" in w for w in record.warnings)
+    seg = pydicom.dcmread(settings.results_dir / study.study_uid / "seg.dcm", stop_before_pixels=True)
+    reference_uid = study.t2_series_uid if present == "t2" else study.t1_series_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == reference_uid
+
+
+def test_jpeg2000_study_gives_the_same_result_as_the_uncompressed_one(settings, worker, client, onnx_model,
+                                                                      tmp_path):
+    shape = (5, 64, 64)
+    plain = write_study(tmp_path / "plain", seed=5, shape=shape)
+    packed = write_study(tmp_path / "packed", seed=5, shape=shape, transfer_syntax=JPEG2000Lossless)
+    assert pydicom.dcmread(packed["t2"][0]).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    studies = [spool_files(settings.spool_dir, files) for files in (plain, packed)]
+    for study in studies:
+        enqueue(settings, study, client)
+        assert worker.run_once(block_ms=100).state == StudyState.DONE
+    labels = [seg_labels(settings.results_dir / s.study_uid / "seg.dcm", load_series(f["t2"]), onnx_model.ontology)
+              for s, f in zip(studies, (plain, packed), strict=True)]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    reports = [json.loads((settings.results_dir / s.study_uid / "report.json").read_text()) for s in studies]
+    assert [lv["volume_mm3"] for lv in reports[0]["levels"]] == [lv["volume_mm3"] for lv in reports[1]["levels"]]
+
+
+def test_a_retried_job_writes_the_same_sop_instance_uids_and_queues_one_delivery(settings, worker, client,
+                                                                                 tmp_path):
+    study = spool_files(settings.spool_dir, write_study(tmp_path / "study", seed=6))
+    job = enqueue(settings, study, client)
+    assert worker.run_once(block_ms=100).state == StudyState.DONE
+    folder = settings.results_dir / study.study_uid
+    names = ("seg.dcm", "sr.dcm", "preview.dcm")
+    first = {n: pydicom.dcmread(folder / n, stop_before_pixels=True).SOPInstanceUID for n in names}
+    queue = JobQueue(client, settings)
+    queue.forget(job.job_id)
+    assert queue.enqueue(job)
+    assert worker.run_once(block_ms=100).state == StudyState.DONE
+    again = {n: pydicom.dcmread(folder / n, stop_before_pixels=True).SOPInstanceUID for n in names}
+    assert again == first
+    assert Outbox(client, settings).waiting() == 1
+
+
+def test_a_model_that_finds_nothing_fails_the_study_with_that_reason(settings, worker, client, tmp_path):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.service.encode.dicom_factory import write_series
+
+    flat = np.full((5, 64, 64), 300, np.uint16)  # no structure at all
+    files = {"t2": write_series(tmp_path / "flat", flat, transfer_syntax=ExplicitVRLittleEndian)}
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client, t1=None)
+    outcome = worker.run_once(block_ms=100)
+    assert outcome.state == StudyState.FAILED and "no spinal structure found" in outcome.error
