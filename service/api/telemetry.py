@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # Seconds: from a 50 ms decode to a 10 min CPU job on a slow host
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
+FORGET_WORKER_AFTER_S = 86_400.0
+"""A heartbeat this old is deleted, so worker ids of crashed containers do not pile up."""
+
 # Counter names other processes increment (documented on /metrics)
 INSTANCES_RECEIVED = "instances_received"
 """labels: source = dicom | api"""
@@ -144,4 +147,6 @@ def live_workers(client: redis.Redis, prefix: str, max_age_s: float) -> list[Wor
             continue
         if now - entry.at <= max_age_s:
             out.append(entry)
+        elif now - entry.at > FORGET_WORKER_AFTER_S:  # killed without saying goodbye, long ago
+            client.hdel(workers_key(prefix), entry.worker_id)
     return out

@@ -104,3 +104,17 @@ def test_metrics_show_states_queue_counters_histograms_and_models(
     assert samples["lumbar_ai_live_workers"][0].value == 1
     assert samples["lumbar_ai_model_info"][0].labels["providers"] == "CUDAExecutionProvider"
     assert samples["lumbar_ai_queue_depth"][0].value == 0
+
+
+def test_heartbeats_of_workers_gone_for_a_day_are_forgotten(settings: Settings) -> None:
+    r = redis.Redis.from_url(settings.redis_url)
+    key = telemetry.workers_key(settings.stream_prefix)
+    r.hset(
+        key,
+        "worker-gone-1",
+        '{"at": %f, "model": "demo"}' % (time.time() - 2 * telemetry.FORGET_WORKER_AFTER_S),
+    )
+    telemetry.heartbeat(r, settings.stream_prefix, "worker-here-2", "demo", "1", [])
+    live = telemetry.live_workers(r, settings.stream_prefix, 45)
+    assert [w.worker_id for w in live] == ["worker-here-2"]
+    assert r.hkeys(key) == [b"worker-here-2"]
