@@ -102,14 +102,19 @@ class SpooledStudy:
 
 
 def write_study(folder: Path, seed: int = 0, shape: tuple[int, int, int] = STUDY_SHAPE,
-                transfer_syntax: str = "1.2.840.10008.1.2.1", with_t1: bool = True, with_t2: bool = True
-                ) -> dict[str, list[Path]]:
-    """A sagittal T2 and T1 study on one frame of reference, as DICOM files (series -> paths)."""
+                transfer_syntax: str = "1.2.840.10008.1.2.1", with_t1: bool = True, with_t2: bool = True,
+                upsample: int = 1) -> dict[str, list[Path]]:
+    """A sagittal T2 and T1 study on one frame of reference, as DICOM files (series -> paths).
+
+    upsample > 1 makes each pixel upsample x upsample smaller pixels: the same anatomy on a finer matrix.
+    """
     labels = spine_labels(seed, shape)
+    if upsample > 1:
+        labels = np.repeat(np.repeat(labels, upsample, axis=1), upsample, axis=2)
     t2, t1 = spine_images(labels, seed)
-    study_uid = pydicom.uid.generate_uid(entropy_srcs=[f"worker-study-{seed}-{transfer_syntax}-{shape}"])
+    study_uid = pydicom.uid.generate_uid(entropy_srcs=[f"worker-study-{seed}-{transfer_syntax}-{shape}-{upsample}"])
     frame_uid = pydicom.uid.generate_uid(entropy_srcs=[study_uid, "frame"])
-    geometry = Geometry(pixel_spacing=(1.0, 1.0), slice_spacing=4.0)
+    geometry = Geometry(pixel_spacing=(1.0 / upsample, 1.0 / upsample), slice_spacing=4.0)
     out: dict[str, list[Path]] = {}
     common = dict(study_uid=study_uid, frame_uid=frame_uid, transfer_syntax=transfer_syntax, seed=seed)
     if with_t2:
