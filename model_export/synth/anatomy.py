@@ -101,7 +101,8 @@ def paint_disc(canvas: Canvas, spine: SpineModel, disc: Segment, degenerated: bo
         return
     dx = reg.x - spine.x0
     r = radial(reg.t, dx, a, b)
-    inside = r < 1.0
+    dome = endplate_dome(r)  # the disc fills exactly the concave endplates and bevelled rims of its bodies
+    inside = (r < 1.0) & (reg.s >= disc.s0 - dome) & (reg.s <= disc.s1 + dome)
     mid = disc.centre
     half = max(disc.height * 0.5, 0.5)
     nucleus = (((reg.s - mid) / (half * 0.7 + 0.3)) ** 2 + ((reg.t - 0.12 * a) / (0.55 * a)) ** 2
@@ -114,6 +115,11 @@ def paint_disc(canvas: Canvas, spine: SpineModel, disc: Segment, degenerated: bo
     reg.put(inside, tissue, disc.label)
 
 
+def endplate_dome(r: np.ndarray, concavity: float = 1.5) -> np.ndarray:
+    """How far (mm) a body's endplate recedes from its nominal level: central concavity, bevelled rim."""
+    return concavity * (1.0 - np.minimum(r, 1.0) ** 2) + 2.5 * np.clip((r - 0.85) / 0.15, 0, 1)
+
+
 def body_mask(reg: Region, spine: SpineModel, seg: Segment, a: float, b: float,
               concavity: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
     """Inside of a vertebral body and its cortical shell (endplates included)."""
@@ -121,7 +127,7 @@ def body_mask(reg: Region, spine: SpineModel, seg: Segment, a: float, b: float,
     h = max(seg.height, 1.0)
     waist = 1.0 - 0.06 * np.sin(np.pi * np.clip((reg.s - seg.s0) / h, 0, 1))
     r = radial(reg.t, dx, a * np.where(reg.t < 0, waist, 1.0), b)
-    dome = concavity * (1.0 - np.minimum(r, 1.0) ** 2) + 2.5 * np.clip((r - 0.85) / 0.15, 0, 1)
+    dome = endplate_dome(r, concavity)
     lo = seg.s0 + dome
     hi = seg.s1 - dome
     inside = (r < 1.0) & (reg.s >= lo) & (reg.s <= hi)
@@ -163,6 +169,11 @@ def paint_sacrum(canvas: Canvas, spine: SpineModel, seg: Segment, free_only: boo
     canal_back = a * taper + 1 + spine.canal_depth * (0.3 + 0.5 * frac)
     plate = (reg.t > canal_back) & (reg.t < canal_back + 5 + 3 * frac) & (np.abs(reg.x - spine.x0) < b * taper)
     plate = plate & (reg.s < seg.s1 - 4)
+    # lateral masses join body and plate beside the sacral canal (the sacrum is one bone)
+    dx = np.abs(reg.x - spine.x0)
+    cw = spine.canal_half_width * (0.5 + 0.5 * frac)
+    wing = (reg.t > 0) & (reg.t < canal_back + 3) & (dx > cw + 1) & (dx < b * taper) & (reg.s < seg.s1 - 4)
+    plate = plate | wing
     tissue = np.where(plate, np.uint8(Tissue.POSTERIOR_MARROW), tissue)
     mask = inside | plate
     if free_only:  # beside a real mask: never paint over its structures or its canal

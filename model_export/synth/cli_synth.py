@@ -22,18 +22,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--studies", type=int, default=1, help="number of studies (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first study; study i uses seed+i")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument("--procedural", action="store_true", help="never use the SPIDER masks in ../shared")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--procedural", action="store_true", help="never use the SPIDER masks in ../shared")
+    source.add_argument("--spider", action="store_true", help="always build on a SPIDER mask (fails without)")
     parser.add_argument("--spider-dir", type=Path, default=None, help="folder of SPIDER *.mha masks")
     parser.add_argument("--prevalence", type=float, default=None, help="finding probability per eligible level")
     parser.add_argument("--no-axial", action="store_true", help="omit the axial T2 series")
     parser.add_argument("--no-localizer", action="store_true", help="omit the 3-plane localizer")
+    parser.add_argument("--matrix", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                        help="sagittal matrix range (default 320 448; the issue allows 256-768)")
+    parser.add_argument("--slices", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                        help="sagittal slice-count range (default 11 17; allowed 9-21)")
 
 
 def config_from(args: argparse.Namespace) -> SynthConfig:
-    extra = {}
+    extra: dict = {}
     if args.prevalence is not None:
         extra["finding_prevalence"] = args.prevalence
-    return SynthConfig(use_spider=False if args.procedural else None, spider_dir=args.spider_dir,
+    if args.matrix is not None:
+        extra["matrix"] = tuple(args.matrix)
+    if args.slices is not None:
+        extra["slices"] = tuple(args.slices)
+    use_spider = False if args.procedural else True if args.spider else None
+    return SynthConfig(use_spider=use_spider, spider_dir=args.spider_dir,
                        include_axial=not args.no_axial, include_localizer=not args.no_localizer, **extra)
 
 

@@ -139,7 +139,6 @@ def _raw(ds: Dataset) -> Dataset:
     """The dataset re-read from its own encoding: its elements stay raw bytes, which pydicom writes
     without re-encoding them, so the common part of every slice is encoded once per series."""
     buf = BytesIO()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
     pydicom.dcmwrite(buf, ds, enforce_file_format=False, little_endian=True, implicit_vr=False)
     return pydicom.dcmread(BytesIO(buf.getvalue()), force=True)
 

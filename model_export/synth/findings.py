@@ -195,6 +195,8 @@ def _paint_degeneration(canvas: Canvas, spine: SpineModel, seg: Segment, d: dict
     if d["endplate"] in ("superior", "both"):
         near |= reg.s > seg.s1 - band * (0.7 + 0.3 * np.cos(reg.t / a * 2))
     reg.put(inside & ~shell & near, tissue, where_label=seg.label)
+    i = spine.segments.index(seg)
+    discs = [g.label for g in spine.segments[max(0, i - 1):i + 2] if g.kind == "disc" and g.label]
     if d["osteophytes"]:  # anterior beaks at both endplate corners, pointing towards the disc
         for s_e, direction in ((seg.s0, -1.0), (seg.s1, 1.0)):
             length = 5.0
@@ -202,5 +204,7 @@ def _paint_degeneration(canvas: Canvas, spine: SpineModel, seg: Segment, d: dict
             s_tip = s_e + direction * 3.0 * along
             beak = (reg.t < -a + 3) & (reg.t > -a - length) & (np.abs(reg.s - s_tip) < 2.2 * (1 - along) + 0.6)
             beak = beak & (np.abs(reg.x - spine.x0) < 0.55 * b)
-            free = reg.labels() == 0
-            reg.put(beak & (free | (reg.labels() == seg.label)), Tissue.CORTEX, seg.label)
+            # a spur grows from the rim over the annulus of the adjacent disc and out into soft tissue
+            labels = reg.labels()
+            allowed = (labels == 0) | (labels == seg.label) | np.isin(labels, discs)
+            reg.put(beak & allowed, Tissue.CORTEX, seg.label)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import zoom
+from scipy.ndimage import find_objects, zoom
+from scipy.ndimage import label as cc_label
 
 from service.ontology import DEFAULT_ONTOLOGY
 
@@ -76,6 +77,22 @@ class SynthCase:
     @property
     def t1(self) -> np.ndarray:
         return self.series["sag_t1"].image
+
+
+def largest_components(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected piece of every label; sampling thin rims and osteophyte tips on a
+    coarse series grid can leave one-voxel islands that belong to no structure a reader would outline."""
+    out = labels.copy()
+    boxes = find_objects(labels)
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        crop = out[box]
+        pieces, n = cc_label(crop == value, structure=np.ones((3, 3, 3)))
+        if n > 1:
+            keep = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+            crop[(pieces > 0) & (pieces != keep)] = 0
+    return out
 
 
 def _rngs(seed: int) -> dict[str, np.random.Generator]:
@@ -149,7 +166,7 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
         fine = partial_volume(render_tissue(canvas.tissue, contrast, texture), stack.thickness, canvas.spacing[0])
         image = resample(to_sitk(fine.astype(np.float32), canvas.origin, canvas.spacing), stack, sitk.sitkLinear)
         pixels = acquire(image, stack, r, config.noise, config.bias, r.uniform(1500, 3800))
-        labels = resample(labels_img, stack, sitk.sitkNearestNeighbor)
+        labels = largest_components(resample(labels_img, stack, sitk.sitkNearestNeighbor))
         series[name] = SynthSeries(name, protocol, [stack], [pixels], labels)
     if config.include_axial:
         r = rng["ax_t2"]
