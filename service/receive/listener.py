@@ -86,6 +86,18 @@ def make_ssl_context(settings) -> ssl.SSLContext | None:
     return context
 
 
+class _SharedContexts(list):
+    """The server's supported contexts, handed to each association as they are.
+
+    pynetdicom deep-copies the acceptor's supported contexts for every association it accepts: with
+    every storage SOP class in 16 transfer syntaxes that is thousands of validated UIDs, tens of ms of
+    CPU per association under the GIL. Negotiation only reads them, so one shared list is safe.
+    """
+
+    def __deepcopy__(self, memo: dict) -> _SharedContexts:
+        return self
+
+
 @dataclass
 class Listener:
     """A running listener; stop() closes the socket and ends its associations."""
@@ -118,6 +130,7 @@ def start_listener(settings, spool: Spool, host: str | None = None, port: int | 
         )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
+    server.contexts = _SharedContexts(server.contexts)
     # accepted sockets inherit TCP_NODELAY from the listening socket on Linux: no Nagle delay on replies
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     LOG.info(

@@ -336,3 +336,16 @@ def test_tls_association_with_a_certificate(start, tmp_path):
     plain = _associate(listener.port)  # a peer speaking plain TCP to a TLS port gets nowhere
     assert not plain.is_established
     assert len(spooled(settings)) == 1
+
+
+def test_accepted_sockets_have_tcp_nodelay_and_share_the_supported_contexts(start):
+    import socket
+
+    listener, _ = start()
+    assoc = _associate(listener.port)
+    try:
+        (accepted,) = listener.server.active_associations
+        assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert accepted.acceptor.supported_contexts is listener.server.contexts  # not a per-association copy
+    finally:
+        assoc.release()
