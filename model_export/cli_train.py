@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--init-image", type=Path, default=None,
+                        help="start the image encoder from a `lumbar-ai pretrain image` checkpoint")
+    parser.add_argument("--init-text", type=Path, default=None,
+                        help="start the text encoder from a `lumbar-ai pretrain text` checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         train_changes["seed"] = args.seed
     run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, **model_changes),
                                   train=dataclasses.replace(run_cfg.train, **train_changes))
+    from model_export.pretrain.init import pretrained_initialiser
+
+    model_init = pretrained_initialiser(getattr(args, "init_image", None), getattr(args, "init_text", None))
     path = train(args.data, run_cfg, args.out, resume=args.resume, max_cases=args.max_cases,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, model_init=model_init)
     print(f"checkpoint: {path}")
     return 0

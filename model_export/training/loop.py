@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,13 @@ def tune_thresholds(pairs: dict[str, list[tuple[float, bool]]]) -> dict[str, flo
 
 
 def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
-          ontology: Ontology = DEFAULT_ONTOLOGY, max_cases: int | None = None, progress: bool = True) -> Path:
-    """Train ``run`` on the cases under ``data_dir``; returns the path of the final checkpoint."""
+          ontology: Ontology = DEFAULT_ONTOLOGY, max_cases: int | None = None, progress: bool = True,
+          model_init: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> Path:
+    """Train ``run`` on the cases under ``data_dir``; returns the path of the final checkpoint.
+
+    ``model_init`` (e.g. ``model_export.pretrain.init.pretrained_initialiser``) loads pretrained weights into
+    the fresh model before training; what it returns is kept in the checkpoint's provenance.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(run.train.threads)
@@ -119,6 +125,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
         raise ConfigError(f"no training cases in {data_dir}")
     prepared = [prepare_case(c, run.model.input_size, ontology) for c in train_cases]
     model = build_model(run, ontology, work_dir=out_dir)
+    initialised_from = model_init(model) if model_init is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run.train.lr, weight_decay=run.train.weight_decay)
     state: dict[str, Any] = {"step": 0, "history": [], "elapsed_s": 0.0}
@@ -170,7 +177,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     provenance = {"data_dir": str(data_dir), "training_cases": [c.name for c in train_cases],
                   "validation_cases": [c.name for c in val_cases], "steps": state["step"],
                   "wall_time_s": round(state["elapsed_s"], 1), "threads": run.train.threads,
-                  "validation_dice": final["dice"]}
+                  "validation_dice": final["dice"], "initialised_from": initialised_from}
     path = out_dir / "final.pt"
     _save(path, model, optimizer, state, run, ontology, thresholds=thresholds, provenance=provenance)
     (out_dir / "history.json").write_text(json.dumps(state["history"]))
