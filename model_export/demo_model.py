@@ -25,8 +25,12 @@ HELD_OUT_SEED_BASE = 90_000
 
 def spider_split(work: Path, held_out_every: int = 4) -> tuple[Path | None, Path | None]:
     """Two folders of links to SPIDER masks, split by patient (every 4th patient held out)."""
+    import importlib.util
+
     from model_export.synth.config import DEFAULT_SPIDER_DIR
 
+    if importlib.util.find_spec("model_export.synth.spider") is None:  # synth without SPIDER support
+        return None, None
     if not DEFAULT_SPIDER_DIR.is_dir() or not any(DEFAULT_SPIDER_DIR.glob("*.mha")):
         return None, None
     patients = sorted({p.name.split("_")[0] for p in DEFAULT_SPIDER_DIR.glob("*.mha")}, key=lambda s: (len(s), s))

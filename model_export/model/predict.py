@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_export.model.network import FusionExport, LumbarSegmenter
-from service.infer.model import model_input, pool_findings, sigmoid
+from service.infer.model import model_input, pool_findings, sigmoid, square_side
 
 
 @dataclass
@@ -36,20 +36,21 @@ def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | Non
     reference = t2 if t2 is not None else t1
     n, rows, cols = reference.shape
     labels = np.empty((n, rows, cols), dtype=np.uint8)
+    side = square_side(rows, cols)  # predictions live on the padded square grid, then are cropped
     if not isinstance(model, LumbarSegmenter):
         for start in range(0, n, slice_batch):
             logits = model(x[start:start + slice_batch])["logits"]
-            up = F.interpolate(logits, size=(rows, cols), mode="bilinear", align_corners=False)
-            labels[start:start + slice_batch] = up.argmax(1).to(torch.uint8).numpy()
+            up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+            labels[start:start + slice_batch] = up.argmax(1).to(torch.uint8).numpy()[:, :rows, :cols]
         return TorchPrediction(labels, None)
     structures, findings = model.class_embeddings()
     fusion = FusionExport(model.fusion).eval()
-    grid = torch.zeros(1, 1, rows, cols)
+    grid = torch.zeros(1, 1, side, side)
     class_mass, finding_mass = [], []
     for start in range(0, n, slice_batch):
         features, pooled = model.image_encoder(x[start:start + slice_batch])
         lab, cm, fm, _ = fusion(features, pooled, structures, findings, grid)
-        labels[start:start + slice_batch] = lab.numpy()
+        labels[start:start + slice_batch] = lab.numpy()[:, :rows, :cols]
         class_mass.append(cm.numpy())
         finding_mass.append(fm.numpy())
     logits = pool_findings(np.concatenate(class_mass), np.concatenate(finding_mass))

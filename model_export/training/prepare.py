@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from model_export.data import Case
-from service.infer.model import model_input
+from service.infer.model import model_input, pad_to_square
 from service.ontology import Ontology
 
 
@@ -38,7 +38,7 @@ def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarr
 
 def prepare_case(case: Case, size: int, ontology: Ontology) -> PreparedCase:
     image = model_input(case.t2, case.t1, (size, size))
-    target = resize_labels_nearest(case.labels, (size, size))
+    target = resize_labels_nearest(pad_to_square(case.labels), (size, size))
     k, f = len(ontology.structures), len(ontology.findings)
     labelled = torch.zeros(k + 1, dtype=torch.bool)
     labelled[0] = True

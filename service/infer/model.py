@@ -67,9 +67,25 @@ def resize_slices(volume: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("rR,nRC,cC->nrc", rows, volume.astype(np.float32), cols, optimize=True)
 
 
+def square_side(rows: int, cols: int) -> int:
+    return max(rows, cols)
+
+
+def pad_to_square(volume: np.ndarray) -> np.ndarray:
+    """Zero-pad (n, rows, cols) at the bottom and right to a square, so resizing keeps the aspect ratio."""
+    side = square_side(volume.shape[1], volume.shape[2])
+    if volume.shape[1] == volume.shape[2]:
+        return volume
+    return np.pad(volume, ((0, 0), (0, side - volume.shape[1]), (0, side - volume.shape[2])))
+
+
 def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int],
                 normalisation: dict[str, Any] | None = None) -> np.ndarray:
-    """(n, 2, S, S) float32 in channel order [T2, T1]; a missing sequence is a channel of zeros."""
+    """(n, 2, S, S) float32 in channel order [T2, T1]; a missing sequence is a channel of zeros.
+
+    Each series is normalised, zero-padded to a square and resized, so a non-square field of view is not
+    distorted; predictions come back on the padded square grid and are cropped to (rows, cols).
+    """
     norm = normalisation or DEFAULT_NORMALISATION
     reference = t2 if t2 is not None else t1
     if reference is None:
@@ -84,7 +100,7 @@ def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, i
         if volume.shape != reference.shape:
             raise InferenceError(f"T2 and T1 must share one grid, got {t2.shape} and {t1.shape}")
         scaled = normalise_intensity(volume, norm["percentile"], tuple(norm["clip"]))
-        channels.append(resize_slices(scaled, size))
+        channels.append(resize_slices(pad_to_square(scaled), size))
     return np.stack(channels, axis=1).astype(np.float32)
 
 
@@ -161,7 +177,8 @@ class OnnxModel:
         x = model_input(t2, t1, self.input_size, self.normalisation)
         reference = t2 if t2 is not None else t1
         n, rows, cols = reference.shape
-        grid = np.zeros((1, 1, rows, cols), dtype=np.float32)
+        side = square_side(rows, cols)
+        grid = np.zeros((1, 1, side, side), dtype=np.float32)
         timings["preprocess"] = time.perf_counter() - t0
         labels = np.empty((n, rows, cols), dtype=np.uint8)
         class_mass, finding_mass = [], []
@@ -177,7 +194,7 @@ class OnnxModel:
                 finding_embeddings=self.finding_embeddings, output_grid=grid)
             timings["image_encoder"] += t1_ - t0
             timings["fusion_head"] += time.perf_counter() - t1_
-            labels[start:start + len(batch)] = out["labels"]
+            labels[start:start + len(batch)] = out["labels"][:, :rows, :cols]
             class_mass.append(out["class_mass"])
             finding_mass.append(out["finding_mass"])
         t0 = time.perf_counter()

@@ -77,3 +77,27 @@ def test_export_refuses_a_baseline_checkpoint(tiny_cases, tmp_path):
     assert load_checkpoint(checkpoint)[1]["run"]["model"]["kind"] == "unet"
     with pytest.raises(ModelExportError, match="unet"):
         export_model(checkpoint, tmp_path / "out")
+
+
+def test_anatomical_order_counts_swapped_levels():
+    from model_export.evaluation.real_scan import anatomical_order
+    from service.ontology import DEFAULT_ONTOLOGY as O
+
+    labels = np.zeros((1, 60, 10), dtype=np.uint8)
+    labels[0, 0:10] = O.by_level("L3", "vertebra").label
+    labels[0, 10:20] = O.by_level("L3/L4", "disc").label
+    labels[0, 20:30] = O.by_level("L5", "vertebra").label  # L5 drawn above L4: one swap with L4
+    labels[0, 30:40] = O.by_level("L4", "vertebra").label
+    result = anatomical_order(labels, O, min_voxels=5)
+    assert [r["structure"] for r in result["cranial_to_caudal"]] == ["L3 vertebra", "L3/L4 disc", "L5 vertebra",
+                                                                     "L4 vertebra"]
+    assert result["out_of_order_pairs"] == 1
+
+
+def test_real_scan_overlay_runs_with_t2_alone(tiny_model_dir, shared_data, tmp_path):
+    from model_export.evaluation.real_scan import overlay_real_scan
+
+    image = shared_data / "real" / "sct_t2_lumbar.nii.gz"
+    summary = overlay_real_scan(tiny_model_dir, image, tmp_path / "overlay.png")
+    assert (tmp_path / "overlay.png").stat().st_size > 10_000
+    assert summary["shape"][1:] == [201, 257]

@@ -1,0 +1,71 @@
+"""Each model CLI runs on a tiny generated set: train, export, evaluate, build-demo-model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+
+
+@pytest.fixture(scope="module")
+def generated_set(tmp_path_factory) -> Path:
+    from model_export.demo_model import generate_studies
+
+    return generate_studies(tmp_path_factory.mktemp("generated_set"), 3, 7000, None, small=True)
+
+
+@pytest.fixture(scope="module")
+def trained_runs(generated_set, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for variant, steps in (("text_guided", "4"), ("unet", "2")):
+        out = root / variant
+        assert main(["train", "--data", str(generated_set), "--config", "tiny", "--variant", variant,
+                     "--steps", steps, "--out", str(out), "--no-progress"]) == 0
+        runs[variant] = out / "final.pt"
+    return runs
+
+
+def test_train_cli_writes_a_checkpoint_and_curves(trained_runs):
+    for checkpoint in trained_runs.values():
+        assert checkpoint.is_file()
+        assert (checkpoint.parent / "curves.png").stat().st_size > 1000
+
+
+def test_export_then_evaluate_cli_compare_the_onnx_model_with_a_baseline(trained_runs, generated_set, tmp_path):
+    model_dir = tmp_path / "models" / "tiny"
+    study = sorted(generated_set.iterdir())[0]
+    assert main(["export", "--checkpoint", str(trained_runs["text_guided"]), "--out", str(model_dir),
+                 "--parity-study", str(study)]) == 0
+    assert json.loads((model_dir / "model.json").read_text())["export_parity"]["label_map"]["voxel_agreement"] >= 0.999
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--models", str(model_dir), str(trained_runs["unet"]), "--names", "ours", "unet",
+                 "--data", str(generated_set), "--out", str(out)]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert [m["name"] for m in summary["models"]] == ["ours", "unet"]
+    assert summary["models"][0]["cases"] == 3
+    assert summary["models"][0]["findings"]["overall"]["tp"] + summary["models"][0]["findings"]["overall"]["fn"] >= 0
+    assert summary["models"][1]["findings"] is None
+    assert summary["comparisons"][0]["other"] == "unet"
+    assert "Wilcoxon" in (out / "evaluation.md").read_text()
+    assert (out / "evaluation.png").stat().st_size > 1000
+
+
+def test_train_cli_names_a_missing_data_folder(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["train", "--data", str(missing), "--config", "tiny", "--out", str(tmp_path / "r")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_build_demo_model_builds_once_then_reuses_the_cache(tmp_path):
+    models = tmp_path / "models"
+    args = ["build-demo-model", "--models-dir", str(models), "--config", "tiny", "--studies", "3", "--budget-s", "60"]
+    assert main(args) == 0
+    card = models / "demo" / "model.json"
+    assert json.loads(card.read_text())["name"] == "demo"
+    stamp = card.stat().st_mtime_ns
+    assert main(args) == 0
+    assert card.stat().st_mtime_ns == stamp
