@@ -13,6 +13,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -97,7 +98,8 @@ def test_storescu_study_is_on_disk_byte_for_byte(start, tmp_path):
 
 
 def _compressed_copies(src: list[Path], out: Path) -> dict[str, list[Path]]:
-    """The same instances in JPEG 2000 (pydicom + openjpeg), JPEG-LS and RLE (dcmtk) where available."""
+    """The same instances in JPEG 2000 (pydicom + openjpeg: Debian's dcmtk has no dcmcjp2k), JPEG-LS,
+    RLE and JPEG lossless (dcmtk's dcmcjpls, dcmcrle, dcmcjpeg) where available."""
     out.mkdir()
     made: dict[str, list[Path]] = {JPEG2000Lossless: []}
     for i, f in enumerate(src):
@@ -108,7 +110,11 @@ def _compressed_copies(src: list[Path], out: Path) -> dict[str, list[Path]]:
         target = out / f"j2k_{i}.dcm"
         ds.save_as(target, enforce_file_format=True)
         made[JPEG2000Lossless].append(target)
-    for tool, syntax in (("dcmcjpls", JPEGLSLossless), ("dcmcrle", RLELossless)):
+    for tool, syntax in (
+        ("dcmcjpls", JPEGLSLossless),
+        ("dcmcrle", RLELossless),
+        ("dcmcjpeg", JPEGLosslessSV1),
+    ):
         if shutil.which(tool) is None:
             continue
         made[syntax] = []
@@ -125,10 +131,10 @@ def _compressed_copies(src: list[Path], out: Path) -> dict[str, list[Path]]:
 
 
 # storescu options proposing a compressed syntax and all uncompressed ones in one context (+C), as PACS do
-PROPOSE = {JPEG2000Lossless: "-xv", JPEGLSLossless: "-xt", RLELossless: "-xr"}
+PROPOSE = {JPEG2000Lossless: "-xv", JPEGLSLossless: "-xt", RLELossless: "-xr", JPEGLosslessSV1: "-xs"}
 
 
-def test_jpeg2000_jpegls_and_rle_arrive_compressed_byte_for_byte(start, tmp_path):
+def test_jpeg2000_jpegls_jpeg_lossless_and_rle_arrive_compressed_byte_for_byte(start, tmp_path):
     listener, settings = start()
     plain = write_study(tmp_path / "in", [sag_t2(n=2)])
     made = _compressed_copies(plain, tmp_path / "compressed")
