@@ -21,6 +21,7 @@ from service.api.auth import load_api_keys, require_api_key
 from service.api.limits import BodySizeLimit
 from service.api.metrics import RedisCollector
 from service.config import Settings
+from service.deliver.outbox import Outbox
 from service.errors import (
     InvalidUIDError,
     LumbarAIError,
@@ -61,10 +62,15 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.store = StudyStore(app.state.redis, settings.stream_prefix)
     app.state.spool = Spool.from_settings(settings)
+    app.state.outbox = Outbox(app.state.redis, settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         RedisCollector(
-            app.state.redis, settings.stream_prefix, settings.consumer_group, settings.worker_heartbeat_s
+            app.state.redis,
+            settings.stream_prefix,
+            settings.consumer_group,
+            settings.worker_heartbeat_s,
+            outbox=app.state.outbox,
         )
     )
     app.state.metrics_registry = registry

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from service import __version__ as service_version
 from service.api import telemetry
+from service.deliver.outbox import Outbox
 from service.queue.keys import Keys
 from service.queue.state import StudyState
 
@@ -35,8 +36,11 @@ def _text(value: str | bytes) -> str:
 class RedisCollector(Collector):
     """Yields every metric family from one round of Redis reads; an unreachable Redis yields up=0 only."""
 
-    def __init__(self, client: redis.Redis, prefix: str, group: str, heartbeat_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, group: str, heartbeat_s: float, outbox: Outbox | None = None
+    ) -> None:
         self.client = client
+        self.outbox = outbox
         self.prefix = prefix
         self.group = group
         self.heartbeat_s = heartbeat_s
@@ -66,13 +70,29 @@ class RedisCollector(Collector):
         pipe.xlen(self.keys.jobs)
         pipe.xlen(self.keys.dead_letters)
         pipe.hgetall(telemetry.counters_key(self.prefix))
+        if self.outbox is not None:
+            pipe.xlen(self.outbox.stream)
+            pipe.zcard(self.outbox.delayed)
+            pipe.xlen(self.outbox.dead)
         replies = pipe.execute()
 
         studies = GaugeMetricFamily(f"{NAMESPACE}_studies", "studies by state", labels=["state"])
         for s, n in zip(states, replies[: len(states)], strict=True):
             studies.add_metric([s.value], int(n))
         yield studies
-        depth, dead, counters = replies[len(states) :]
+        depth, dead, counters = replies[len(states) : len(states) + 3]
+        if self.outbox is not None:
+            ready, delayed, dead_deliveries = replies[len(states) + 3 :]
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_deliveries_waiting",
+                "result deliveries to a PACS not yet done (ready or waiting for a retry)",
+                value=int(ready) + int(delayed),
+            )
+            yield GaugeMetricFamily(
+                f"{NAMESPACE}_delivery_dead_letters",
+                "deliveries that failed every attempt (kept with their reason)",
+                value=int(dead_deliveries),
+            )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_queue_depth", "jobs in the stream, waiting or in progress", value=int(depth)
         )

@@ -6,7 +6,7 @@ so a change inside never leaks out by accident, and the OpenAPI document stays t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, Field
@@ -81,6 +81,10 @@ class StudyDetail(StudySummary):
     attempts: int
     timings: dict[str, float] = Field(description="seconds per worker stage")
     results: list[Literal["report", "seg", "sr", "preview"]] = Field(description="results available now")
+    deliveries: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="destination -> latest delivery status: state (pending, delivered, dead), attempts, reason",
+    )
 
 
 class StudyPage(BaseModel):
@@ -144,7 +148,9 @@ def summary_of(record: StudyRecord, base: str, available: list[str]) -> StudySum
     )
 
 
-def detail_of(record: StudyRecord, base: str, available: list[str]) -> StudyDetail:
+def detail_of(
+    record: StudyRecord, base: str, available: list[str], deliveries: dict[str, dict[str, Any]] | None = None
+) -> StudyDetail:
     return StudyDetail(
         **summary_of(record, base, available).model_dump(),
         state_times=record.state_times,
@@ -157,4 +163,5 @@ def detail_of(record: StudyRecord, base: str, available: list[str]) -> StudyDeta
         attempts=record.attempts,
         timings=record.timings,
         results=available,
+        deliveries=deliveries or {},
     )

@@ -160,11 +160,12 @@ def _record(store: StudyStore, spool: Spool, uid: str) -> StudyRecord:
 
 @router.get("/studies/{uid}", response_model=StudyDetail, summary="State of one study", responses=_ERRORS)
 def get_study(
-    uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, base: BaseUrl
+    request: Request, uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, base: BaseUrl
 ) -> StudyDetail:
     """State, series selection decisions, timings per stage, errors, and links to the results present."""
     record = _record(store, spool, uid)
-    return detail_of(record, base, results_mod.available(settings.results_dir, record))
+    deliveries = request.app.state.outbox.status(uid)
+    return detail_of(record, base, results_mod.available(settings.results_dir, record), deliveries)
 
 
 def _result(kind: str, uid: str, store: StudyStore, spool: Spool, settings) -> FileResponse:

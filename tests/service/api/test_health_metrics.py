@@ -118,3 +118,25 @@ def test_heartbeats_of_workers_gone_for_a_day_are_forgotten(settings: Settings) 
     live = telemetry.live_workers(r, settings.stream_prefix, 45)
     assert [w.worker_id for w in live] == ["worker-here-2"]
     assert r.hkeys(key) == [b"worker-here-2"]
+
+
+def test_delivery_status_shows_on_the_study_and_in_the_metrics(settings: Settings) -> None:
+    from service.config import Destination
+    from service.deliver.outbox import Outbox
+
+    settings = settings.model_copy(
+        update={"destinations": [Destination(ae_title="PACS_MAIN", host="127.0.0.1", port=104)]}
+    )
+    r = redis.Redis.from_url(settings.redis_url)
+    uid = "1.2.3.42"
+    StudyStore(r, settings.stream_prefix).ensure(uid)
+    outbox = Outbox(r, settings)
+    assert outbox.enqueue(uid, f"{uid}:abc", ("seg", "sr")) == 1
+    outbox.failed(outbox.claim("test", block_ms=0), "association rejected by PACS_MAIN")
+    with TestClient(create_app(settings)) as c:
+        deliveries = c.get(f"/studies/{uid}", headers=AUTH).json()["deliveries"]
+        status = deliveries["PACS_MAIN@127.0.0.1:104"]
+        assert (status["state"], status["reason"]) == ("pending", "association rejected by PACS_MAIN")
+        samples = _metrics(c)
+    assert samples["lumbar_ai_deliveries_waiting"][0].value == 1
+    assert samples["lumbar_ai_delivery_dead_letters"][0].value == 0
