@@ -23,6 +23,8 @@ def build_assembler(settings, redis_client) -> Assembler:
         rules=load_rules(settings.series_rules, own_manufacturer=settings.manufacturer),
         quiet_period_s=settings.quiet_period_s,
         settle_s=settings.series_settle_s,
+        retention_s=settings.retention_days * 86400.0,
+        sweep_interval_s=getattr(settings, "retention_sweep_interval_s", 3600.0),
     )
 
 

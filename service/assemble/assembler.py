@@ -54,6 +54,8 @@ class Assembler:
         quiet_period_s: float,
         settle_s: float,
         clock: Callable[[], float] = time.time,
+        retention_s: float | None = None,
+        sweep_interval_s: float = 3600.0,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -62,6 +64,8 @@ class Assembler:
         self.quiet_period_s = quiet_period_s
         self.settle_s = min(settle_s, quiet_period_s)
         self.clock = clock
+        self.retention_s = retention_s
+        self.sweep_interval_s = sweep_interval_s
         self._tracked: dict[str, _Tracked] = {}
         self._lock = threading.Lock()
         self._redis_down = False
@@ -72,8 +76,18 @@ class Assembler:
         """Reconcile the spool, then poll until stop is set."""
         LOG.info("assembler: reconciling %d studies in the spool", len(self.spool.studies()))
         self.poll()
+        next_sweep = time.monotonic()
         while not stop.wait(interval_s):
             self.poll()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.sweep_interval_s
+                try:
+                    removed = self.sweep()
+                except Exception:
+                    LOG.exception("assembler: spool retention sweep failed")
+                    continue
+                if removed:
+                    LOG.info("assembler: removed %d spooled studies past their retention", len(removed))
 
     def start(self, stop: threading.Event, interval_s: float = 0.5) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop, interval_s), name="assembler", daemon=True)
@@ -140,6 +154,36 @@ class Assembler:
         record = self._assemble(study_uid, files, digest, tracked, why)
         tracked.settled_mtime = mtime
         return record
+
+    def sweep(self) -> list[str]:
+        """Delete spooled studies older than the retention whose processing is over; their UIDs.
+
+        Only a study whose content was assembled as it is and whose state is done or failed goes: nothing
+        waiting, queued, in progress or of unknown state (Redis down) is ever removed. Temp files left by
+        a crash go too.
+        """
+        self.spool.remove_stale_temp_files()
+        if self.retention_s is None:
+            return []
+        removed = []
+        now = self.clock()
+        for study_uid in self.spool.studies():
+            last = self.spool.last_received(study_uid)
+            if last is None or now - last < self.retention_s:
+                continue
+            if self.spool.read_assembled(study_uid) != self.spool.content_digest(study_uid):
+                continue
+            try:
+                record = self.store.get(study_uid)
+            except QueueError:
+                return removed
+            if record is None or record.state not in (StudyState.DONE, StudyState.FAILED):
+                continue
+            with self._lock:
+                self.spool.delete_study(study_uid)
+                self._tracked.pop(study_uid, None)
+            removed.append(study_uid)
+        return removed
 
     # -- assembling one study ------------------------------------------------------------------------------
 

@@ -208,3 +208,22 @@ def test_force_complete_retry_and_delete_for_the_api(env, tmp_path, client):
     assert again.state == StudyState.QUEUED and again.job_id == record.job_id and api_queue.depth() == 1
     assert delete_study(settings, client, study) is True
     assert store.get(study) is None and not spool.study_dir(study).exists()
+
+
+def test_retention_removes_only_old_studies_whose_processing_is_over(env, client):
+    spool, store, queue, clock, make = env
+    old_done, old_queued, recent_done = generate_uid(), generate_uid(), generate_uid()
+    for study in (old_done, old_queued):
+        send(spool, study, sag_t2(), at=clock.now)
+    clock.now += QUIET + 1
+    make().poll()
+    send(spool, recent_done, sag_t2(), at=clock.now + 10 * 86400)
+    store.transition(old_done, StudyState.DONE)
+    clock.now += 10 * 86400 + QUIET + 1
+    assembler = make()
+    assembler.poll()
+    store.transition(recent_done, StudyState.DONE)
+    assembler.retention_s = 5 * 86400.0
+    assert assembler.sweep() == [old_done]
+    assert not spool.study_dir(old_done).exists()
+    assert spool.study_dir(old_queued).exists() and spool.study_dir(recent_done).exists()
