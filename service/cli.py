@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("model_export.cli_evaluate", "compare models on held-out studies (Dice, IoU, findings, tests)"),
     "export": ("model_export.cli_export", "export a checkpoint to a checked ONNX model directory"),
     "build-demo-model": ("model_export.demo_model", "build models/demo when absent (generate, train, export)"),
+    "pretrain": ("model_export.cli_pretrain", "self-supervised pretraining: FCMAE image encoder, CLIP/SimCSE text encoder"),
     "listen": ("service.receive.cli", "run the DICOM listener and the study assembler (receive, assemble, enqueue)"),
     "api": ("service.api.cli", "serve the REST API, the web page (/ui) and the metrics"),
     "worker": ("service.worker.cli", "run inference jobs from the queue: SEG, SR, preview and report, then deliver"),
