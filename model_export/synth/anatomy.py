@@ -68,7 +68,9 @@ def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
     wall = (r.y < front + fat + 12) & ~thorax  # anterior abdominal wall muscle, just inside the fat
     content = np.where(wall, np.uint8(Tissue.MUSCLE), content)
     # retroperitoneal fat around the front of the spine, psoas beside the lumbar bodies
-    retro = ((t > -a - 30) & (t < a * 0.6)) & (np.abs(dx) < 75)
+    retro = (((t + 0.3 * a) / (a + 28)) ** 2 + (dx / 75) ** 2 < 1.0) & (t < a * 0.6)
+    kidney_s = (s > spine.diaphragm_s - 120) & (s < spine.diaphragm_s + 15)
+    kidney = kidney_s & ((((t - 0.5 * a) / 28) ** 2 + ((np.abs(dx) - 70) / 32) ** 2) < 1.0)
     lumbar = (s > 0) & (s < spine.diaphragm_s) & (t > -a - 12) & (t < a * 0.5)
     psoas_w = 14 + 10 * np.clip((spine.diaphragm_s - s) / max(spine.diaphragm_s, 1.0), 0, 1)
     psoas = lumbar & (np.abs(np.abs(dx) - (a + 14)) < psoas_w)
@@ -78,6 +80,7 @@ def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
         vessels = vessels | ((((t + a + radius + 3) ** 2 - radius ** 2) + (dx - dx_c) ** 2 < 0) & (s > s_lo))
     inside = np.where(vessels, np.uint8(Tissue.VESSEL),
                       np.where(psoas, np.uint8(Tissue.MUSCLE), np.where(retro, np.uint8(Tissue.FAT), content)))
+    inside = np.where(kidney & ~psoas, np.uint8(Tissue.KIDNEY), inside)
     r.fill(np.where(inner, inside, np.where(body, np.uint8(Tissue.FAT), np.uint8(Tissue.AIR))))
 
 
@@ -229,11 +232,13 @@ def paint_posterior_elements(canvas: Canvas, spine: SpineModel, seg: Segment, be
     pedicle = (((s - ped_c) / (0.3 * h)) ** 2 + ((dx - cw - 4.5) / 4.5) ** 2 < 1.0) & (t > a - 4) & (t < t_lam + 2)
     lamina = (t >= t_lam - 0.5) & (t < t_lam + 7) & (dx < cw + 9) & (s > seg.s0 - 0.35 * below) & (s < seg.s1 - 0.3 * h)
     sp_c = seg.s0 + 0.35 * h - slope * (t - t_lam)
-    spinous = (dx < 3.5) & (t > t_lam + 2) & (t < t_lam + sp_len) & (np.abs(s - sp_c) < 0.22 * h + 0.5)
+    sp_w = 4.5 - 2.0 * np.clip((t - t_lam) / sp_len, 0, 1)  # thick at the lamina, thin at the tip
+    spinous = (dx < sp_w) & (t > t_lam + 2) & (t < t_lam + sp_len) & (np.abs(s - sp_c) < 0.22 * h + 0.5)
     facet = (dx > cw + 2) & (dx < cw + 14) & (t > t_lam - 6) & (t < t_lam + 6)
     facet = facet & ((s > seg.s0 - 0.5 * below + 1.0) & (s < seg.s1 + 0.5 * above - 1.0))
     bone = pedicle | lamina | spinous | facet
-    edge = (np.abs(t - t_lam) < 0.8) | (np.abs(t - t_lam - 7) < 0.8) | (dx > 2.7) & spinous
+    edge = ((np.abs(t - t_lam) < 0.8) | (np.abs(t - t_lam - 7) < 0.8)) & ~spinous
+    edge = edge | (spinous & ((dx > sp_w - 1.0) | (np.abs(s - sp_c) > 0.22 * h - 0.7)))
     tissue = np.where(edge, np.uint8(Tissue.CORTEX), np.uint8(Tissue.POSTERIOR_MARROW))
     # interspinous ligament and ligamentum flavum fill the gap to the next vertebra (no label)
     gap = (dx < 3.0) & (t > t_lam) & (t < t_lam + sp_len * 0.8) & (s > seg.s1 - 0.3 * h) & (s < seg.s1 + above)

@@ -26,7 +26,7 @@ T2_RANGES = {
     Tissue.LIGAMENT: (0.04, 0.1), Tissue.VESSEL: (0.02, 0.08), Tissue.MODIC1: (0.62, 0.8),
     Tissue.MODIC2: (0.5, 0.62), Tissue.SCLEROSIS: (0.05, 0.12), Tissue.HERNIA: (0.3, 0.5),
     Tissue.POSTERIOR_MARROW: (0.3, 0.42), Tissue.NERVE: (0.15, 0.3), Tissue.FLUID: (0.8, 0.95),
-    Tissue.SKIN: (0.3, 0.4),
+    Tissue.SKIN: (0.3, 0.4), Tissue.KIDNEY: (0.45, 0.6),
 }
 T1_RANGES = {
     Tissue.AIR: (0.0, 0.01), Tissue.FAT: (0.85, 1.0), Tissue.MUSCLE: (0.25, 0.33), Tissue.BOWEL: (0.25, 0.45),
@@ -36,18 +36,21 @@ T1_RANGES = {
     Tissue.LIGAMENT: (0.04, 0.1), Tissue.VESSEL: (0.02, 0.1), Tissue.MODIC1: (0.2, 0.3),
     Tissue.MODIC2: (0.85, 1.0), Tissue.SCLEROSIS: (0.05, 0.12), Tissue.HERNIA: (0.28, 0.38),
     Tissue.POSTERIOR_MARROW: (0.5, 0.66), Tissue.NERVE: (0.3, 0.4), Tissue.FLUID: (0.08, 0.16),
-    Tissue.SKIN: (0.3, 0.4),
+    Tissue.SKIN: (0.3, 0.4), Tissue.KIDNEY: (0.28, 0.38),
 }
-TEXTURE = {Tissue.MARROW: 0.12, Tissue.POSTERIOR_MARROW: 0.1, Tissue.BOWEL: 0.3, Tissue.FAT: 0.05,
-           Tissue.MUSCLE: 0.08, Tissue.MODIC1: 0.12, Tissue.MODIC2: 0.12, Tissue.LUNG: 0.5, Tissue.FLUID: 0.05,
-           Tissue.NUCLEUS: 0.05, Tissue.HERNIA: 0.1, Tissue.CORD: 0.04}
+# texture amplitude per tissue: (fine grain over ~3 pixels, blotches over ~12 pixels)
+TEXTURE = {Tissue.MARROW: (0.12, 0.06), Tissue.POSTERIOR_MARROW: (0.1, 0.05), Tissue.BOWEL: (0.15, 0.55),
+           Tissue.FAT: (0.04, 0.04), Tissue.MUSCLE: (0.06, 0.1), Tissue.MODIC1: (0.12, 0.06),
+           Tissue.MODIC2: (0.12, 0.06), Tissue.LUNG: (0.3, 0.5), Tissue.FLUID: (0.04, 0.04),
+           Tissue.NUCLEUS: (0.05, 0.03), Tissue.HERNIA: (0.1, 0.05), Tissue.CORD: (0.04, 0.02),
+           Tissue.KIDNEY: (0.08, 0.08), Tissue.EPIDURAL_FAT: (0.05, 0.05)}
 
 
 @dataclass
 class Contrast:
     weighting: str  # "T1" | "T2"
     lut: np.ndarray  # (NUM_TISSUES,) float32 signal per tissue
-    texture: np.ndarray  # (NUM_TISSUES,) texture amplitude per tissue
+    texture: np.ndarray  # (NUM_TISSUES, 2) fine and coarse texture amplitude per tissue
 
 
 def draw_contrast(weighting: str, rng: np.random.Generator) -> Contrast:
@@ -61,37 +64,36 @@ def draw_contrast(weighting: str, rng: np.random.Generator) -> Contrast:
         lut[Tissue.CSF] = max(lut[Tissue.CSF], lut[Tissue.NUCLEUS] + 0.02)
     else:
         lut[Tissue.FAT] = max(lut[Tissue.FAT], lut[Tissue.MARROW] + 0.05)
-    tex = np.zeros(NUM_TISSUES, np.float32)
+    tex = np.zeros((NUM_TISSUES, 2), np.float32)
     for tissue, amp in TEXTURE.items():
-        tex[tissue] = amp * rng.uniform(0.6, 1.4)
+        tex[tissue] = np.array(amp) * rng.uniform(0.6, 1.4)
     return Contrast(weighting, lut, tex)
 
 
-def _smooth_2d(shape: tuple[int, int], rng: np.random.Generator, cell: float) -> np.ndarray:
-    coarse = (max(2, int(shape[0] / cell) + 2), max(2, int(shape[1] / cell) + 2))
-    field = rng.standard_normal(coarse).astype(np.float32)
-    return zoom(field, (shape[0] / coarse[0], shape[1] / coarse[1]), order=1, grid_mode=False)[:shape[0], :shape[1]]
+def texture_field(shape: tuple[int, int, int], rng: np.random.Generator, cell: float = 4.0) -> np.ndarray:
+    """Smooth zero-mean noise per slice: Gaussian values on a coarse in-plane grid, linearly interpolated."""
+    n, rows, cols = shape
+    coarse = rng.standard_normal((n, int(rows / cell) + 2, int(cols / cell) + 2)).astype(np.float32)
+    out = zoom(coarse, (1, rows / coarse.shape[1], cols / coarse.shape[2]), order=1, grid_mode=False)
+    return out[:, :rows, :cols]
 
 
-def texture_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """Smooth zero-mean noise on a (z, y, x) grid, built from three 2D fields (one per plane).
+def apply_texture(image: np.ndarray, tissue: np.ndarray, contrast: Contrast, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """Tissue heterogeneity (trabecular marrow, bowel content, muscle fibres) on the series grid.
 
-    A true 3D field costs a second per study at this size; the sum of plane fields varies in every
-    direction and differs from slice to slice, which is all the texture has to do.
+    Applied after partial volume and resampling, where the arrays are a tenth of the fine grid's size;
+    the texture is smooth over a few pixels, so blurring it first would change little.
     """
-    nz, ny, nx = shape
-    zy = _smooth_2d((nz, ny), rng, 3.0) + 0.6 * _smooth_2d((nz, ny), rng, 10.0)
-    zx = _smooth_2d((nz, nx), rng, 3.0)
-    yx = _smooth_2d((ny, nx), rng, 3.0)
-    field = zy[:, :, None] * 0.75 + (zx[:, None, :] + yx[None, :, :]) * 0.45
-    return field
-
-
-def render_tissue(tissue: np.ndarray, contrast: Contrast, texture: np.ndarray) -> np.ndarray:
-    """Signal of each voxel before acquisition effects (texture is shared by T1 and T2)."""
-    base = contrast.lut[tissue]
-    amp = contrast.texture[tissue]
-    return base * (1.0 + amp * texture)
+    fine = texture_field(image.shape, rng, 3.0)
+    fine *= contrast.texture[tissue, 0]
+    coarse = texture_field(image.shape, rng, 12.0)
+    coarse *= contrast.texture[tissue, 1]
+    fine += coarse
+    fine += 1.0
+    np.maximum(fine, 0.05, out=fine)
+    image *= fine
+    return image
 
 
 def partial_volume(volume: np.ndarray, thickness: float, x_spacing: float) -> np.ndarray:
@@ -131,7 +133,7 @@ def acquire(image: np.ndarray, stack: SliceStack, rng: np.random.Generator, nois
     return np.clip(mag * scale, 0, 4095).astype(np.uint16)
 
 
-def to_sitk(volume: np.ndarray, origin: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Image:
+def to_sitk(volume: np.ndarray, origin: np.ndarray, spacing: tuple[float, ...]) -> sitk.Image:
     img = sitk.GetImageFromArray(volume)
     img.SetOrigin(tuple(float(v) for v in origin))
     img.SetSpacing(tuple(float(v) for v in spacing))

@@ -31,7 +31,7 @@ from .findings import (
 )
 from .geometry import SliceStack, plan_axial, plan_localizer, plan_sagittal
 from .protocols import Protocol, axial_t2, localizer, sagittal_t1, sagittal_t2
-from .render import acquire, draw_contrast, partial_volume, render_tissue, resample, texture_field, to_sitk
+from .render import acquire, apply_texture, draw_contrast, partial_volume, resample, to_sitk
 from .spine import SpineModel, procedural_spine
 
 STREAMS = ("anatomy", "planning", "findings", "study", "sag_t2", "sag_t1", "ax_t2", "localizer", "texture", "report")
@@ -155,18 +155,22 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
     canvas = _fine_grid(spine, [sag_t2, sag_t1], config)
     paint_spine(canvas, spine, dark)
     paint_findings(canvas, spine, findings)
-    texture = texture_field(canvas.tissue.shape, rng["texture"])
-    labels_img = to_sitk(canvas.label, canvas.origin, canvas.spacing)
+    # label and tissue travel together: one nearest-neighbour resample per series gives both
+    packed = to_sitk((canvas.label.astype(np.uint16) << 8) | canvas.tissue, canvas.origin, canvas.spacing)
 
     series: dict[str, SynthSeries] = {}
     for name, stack, weighting in (("sag_t2", sag_t2, "T2"), ("sag_t1", sag_t1, "T1")):
         r = rng[name]
         protocol = sagittal_t2(r, stack.cols) if weighting == "T2" else sagittal_t1(r, stack.cols)
         contrast = draw_contrast(weighting, r)
-        fine = partial_volume(render_tissue(canvas.tissue, contrast, texture), stack.thickness, canvas.spacing[0])
-        image = resample(to_sitk(fine.astype(np.float32), canvas.origin, canvas.spacing), stack, sitk.sitkLinear)
+        fine = partial_volume(contrast.lut[canvas.tissue], stack.thickness, canvas.spacing[0])
+        image = resample(to_sitk(fine, canvas.origin, canvas.spacing), stack, sitk.sitkLinear)
+        del fine
+        sampled = resample(packed, stack, sitk.sitkNearestNeighbor)
+        tissue = (sampled & 255).astype(np.uint8)
+        image = apply_texture(image, tissue, contrast, rng["texture"])
         pixels = acquire(image, stack, r, config.noise, config.bias, r.uniform(1500, 3800))
-        labels = largest_components(resample(labels_img, stack, sitk.sitkNearestNeighbor))
+        labels = largest_components((sampled >> 8).astype(np.uint8))
         series[name] = SynthSeries(name, protocol, [stack], [pixels], labels)
     if config.include_axial:
         r = rng["ax_t2"]

@@ -33,6 +33,7 @@ class Tissue(IntEnum):
     NERVE = 20
     FLUID = 21  # bladder, bowel fluid
     SKIN = 22
+    KIDNEY = 23
 
 
 NUM_TISSUES = len(Tissue)
