@@ -52,11 +52,11 @@ def build_sr(
 ) -> Dataset:
     """The SR dataset; other_evidence lists further inputs of the model (the T1 series)."""
     sources = reference.source_datasets
-    source_refs = [
-        hd.sr.SourceImageForSegmentation(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sources
-    ]
+    # Each group names the source series once; the image library lists its images (a per-group list of
+    # every source image would multiply the SR's size and build time by the number of structures).
+    source_series = hd.sr.SourceSeriesForSegmentation(reference.series_uid)
     groups = [
-        _measurement_group(level, seg, source_refs, ontology, context)
+        _measurement_group(level, seg, source_series, ontology, context)
         for level in result.levels
         if level.label in seg.segment_numbers
     ]
@@ -101,21 +101,21 @@ def build_sr(
 def _measurement_group(
     level: LevelResult,
     seg: EncodedSeg,
-    source_refs: list[hd.sr.SourceImageForSegmentation],
+    source_series: hd.sr.SourceSeriesForSegmentation,
     ontology: Ontology,
     context: ResultContext,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     site = structure_code(level.code_value, level.code_meaning)
-    algorithm = context.sr_algorithm()
+    algorithm = context.sr_algorithm()  # once, on the group: it identifies the algorithm of all its measurements
     measurements = [
         hd.sr.Measurement(
-            name=codes.SCT.Volume, value=level.volume_mm3, unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm
+            name=codes.SCT.Volume, value=level.volume_mm3, unit=codes.UCUM.CubicMillimeter
         )
     ]
     if level.disc_height_mm is not None:
         measurements.append(
             hd.sr.Measurement(
-                name=codes.DCM.Height, value=level.disc_height_mm, unit=codes.UCUM.Millimeter, algorithm_id=algorithm
+                name=codes.DCM.Height, value=level.disc_height_mm, unit=codes.UCUM.Millimeter
             )
         )
     evaluations = []
@@ -123,7 +123,7 @@ def _measurement_group(
         finding = ontology.finding(f.key)
         measurements.append(
             hd.sr.Measurement(
-                name=probability_code(finding), value=f.probability, unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+                name=probability_code(finding), value=f.probability, unit=codes.UCUM.NoUnits
             )
         )
         evaluations.append(
@@ -137,7 +137,7 @@ def _measurement_group(
             sop_class_uid=str(seg.dataset.SOPClassUID),
             sop_instance_uid=str(seg.dataset.SOPInstanceUID),
             segment_number=seg.segment_numbers[level.label],
-            source_images=source_refs,
+            source_series=source_series,
         ),
         finding_type=site,
         finding_category=hd.sr.CodedConcept(*ANATOMICAL_STRUCTURE),

@@ -30,7 +30,12 @@ def finding_probs() -> dict[int, dict[str, float]]:
     for label in CANONICAL:
         kind = ONT.by_label(label).kind
         if kind == "disc":
-            out[label] = {"disc_bulging": 0.8, "disc_protrusion": 0.3, "disc_extrusion": 0.05, "schmorl_node": 0.1}
+            out[label] = {
+                "disc_bulging": 0.8,
+                "disc_protrusion": 0.3,
+                "disc_extrusion": 0.05,
+                "schmorl_node": 0.1,
+            }
         elif kind == "vertebra":
             out[label] = {"vertebral_degeneration": 0.2 if label % 2 else 0.7}
     return out
@@ -44,7 +49,9 @@ class Case:
     paths: list[Path]
 
 
-def make_case(folder: Path, job_id: str = "1.2.826.0.1.3680043.10.1.1:feedbeef", enhanced: bool = False) -> Case:
+def make_case(
+    folder: Path, job_id: str = "1.2.826.0.1.3680043.10.1.1:feedbeef", enhanced: bool = False
+) -> Case:
     labels = spine(CANONICAL, SHAPE)
     volume = phantom(SHAPE)
     if enhanced:

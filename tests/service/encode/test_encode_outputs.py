@@ -88,16 +88,21 @@ def test_report_has_levels_findings_timings_model_and_synthetic_statement(case: 
     l45 = next(lv for lv in report["levels"] if lv["structure"] == "L4/L5 disc")
     assert l45["code"] == {"value": "84020006", "scheme": "SCT", "meaning": "L4/L5 disc"}
     assert l45["disc_height_mm"] == pytest.approx(case.result.level(l45["label"]).disc_height_mm)
-    assert {"level": "L4/L5", "structure": "L4/L5 disc", "finding": "disc bulging", "probability": 0.8} in report[
-        "positive_findings"
-    ]
+    assert {
+        "level": "L4/L5",
+        "structure": "L4/L5 disc",
+        "finding": "disc bulging",
+        "probability": 0.8,
+    } in report["positive_findings"]
     assert set(report["timings_s"]) >= {"decode", "image_encoder", "seg", "sr", "preview"}
     assert report["instances"]["seg"]["sop_instance_uid"] == bundle.instances["seg"]["sop_instance_uid"]
     assert report["warnings"] == ["no sagittal T1 series; T2 alone"]
 
 
 def test_report_makes_no_synthetic_claim_when_the_card_does_not(case: Case):
-    card = {k: v for k, v in CARD.items() if k != "provenance"} | {"provenance": "trained on 400 hospital scans"}
+    card = {k: v for k, v in CARD.items() if k != "provenance"} | {
+        "provenance": "trained on 400 hospital scans"
+    }
     context = ResultContext.from_card(case.context.job_id, card, "lumbar-ai project")
     report = json.loads(_bundle(case, context=context).files["report"])
     assert report["model"]["trained_on_synthetic_data"] is False
@@ -133,3 +138,11 @@ def test_sweep_removes_only_results_older_than_the_retention(tmp_path):
     assert sweep_expired(tmp_path, retention_days=30) == ["1.2.3"]
     assert not (tmp_path / "1.2.3").exists() and (tmp_path / "1.2.4" / "report.json").exists()
     assert sweep_expired(tmp_path / "absent", retention_days=30) == []
+
+
+def test_provenance_is_read_from_the_exported_cards_training_statement(case: Case):
+    card = {"name": "demo", "version": "0.1.0",
+            "training": {"statement": "trained on synthetic data only: generated lumbar MRI studies"}}
+    context = ResultContext.from_card(case.context.job_id, card, "lumbar-ai project")
+    assert context.trained_on_synthetic_data
+    assert context.provenance_statement.startswith("trained on synthetic data only")

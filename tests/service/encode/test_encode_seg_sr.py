@@ -56,7 +56,8 @@ def test_seg_has_one_coded_coloured_segment_per_present_structure(tmp_path, case
         rgb = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb()
         assert np.abs(np.array(rgb, dtype=int) - np.array(structure.color)).max() <= 2
     ours = [
-        item for item in back.ContributingEquipmentSequence
+        item
+        for item in back.ContributingEquipmentSequence
         if item.PurposeOfReferenceCodeSequence[0].CodeValue == codes.DCM.ProcessingEquipment.value
     ]
     assert "lumbar-ai" in [item.ManufacturerModelName for item in ours]
@@ -86,7 +87,10 @@ def test_seg_on_an_enhanced_mr_source_maps_each_slice_to_its_frame(tmp_path):
         to_label[number] = label
     for i, frame in enumerate(case.reference.frame_numbers):
         pixels = back.get_pixels_by_source_frame(
-            str(source.SOPInstanceUID), [frame], combine_segments=True, relabel=False,
+            str(source.SOPInstanceUID),
+            [frame],
+            combine_segments=True,
+            relabel=False,
             assert_missing_frames_are_empty=True,
         )
         np.testing.assert_array_equal(to_label[pixels[0]], case.result.labels[i])
@@ -114,7 +118,9 @@ def test_sr_passes_dciodvfy_and_declares_the_private_coding_scheme(tmp_path, cas
 
 def test_sr_measurement_groups_reference_segments_and_carry_measurements_and_findings(tmp_path, case: Case):
     seg = build_seg(case.reference, case.result, ONT, case.context)
-    sr = hd.sr.srread(_write(tmp_path, "sr.dcm", build_sr(case.reference, seg, case.result, ONT, case.context)))
+    sr = hd.sr.srread(
+        _write(tmp_path, "sr.dcm", build_sr(case.reference, seg, case.result, ONT, case.context))
+    )
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(case.result.levels)
     by_name = {g.tracking_identifier: g for g in groups}
@@ -143,7 +149,12 @@ def test_sr_measurement_groups_reference_segments_and_carry_measurements_and_fin
 def test_sr_decisions_follow_the_card_thresholds(case: Case):
     disc = case.result.level(ONT.by_level("L4/L5", "disc").label)
     decided = {f.key: f.present for f in disc.findings}
-    assert decided == {"disc_bulging": True, "disc_protrusion": False, "disc_extrusion": False, "schmorl_node": False}
+    assert decided == {
+        "disc_bulging": True,
+        "disc_protrusion": False,
+        "disc_extrusion": False,
+        "schmorl_node": False,
+    }
 
 
 def test_uids_are_derived_from_the_job_id(tmp_path, case: Case):
