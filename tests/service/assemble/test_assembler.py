@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 
 import pytest
 import redis
@@ -50,8 +51,9 @@ def client(redis_url):
 def env(tmp_path, client):
     clock = Clock()
     spool = Spool(tmp_path / "spool", fsync=False)
-    store = StudyStore(client, "test")
-    queue = JobQueue(client, prefix="test", visibility_timeout_s=60, max_attempts=2)
+    prefix = f"test-{uuid.uuid4().hex[:8]}"  # other test runs may share this Redis database
+    store = StudyStore(client, prefix)
+    queue = JobQueue(client, prefix=prefix, visibility_timeout_s=60, max_attempts=2)
 
     def make() -> Assembler:
         return Assembler(spool, store, queue, load_rules(), QUIET, SETTLE, clock=clock)
@@ -196,7 +198,9 @@ def test_redis_down_keeps_the_study_until_redis_is_back(env, tmp_path):
 
 def test_force_complete_retry_and_delete_for_the_api(env, tmp_path, client):
     spool, store, queue, clock, make = env
-    settings = Settings(data_dir=tmp_path, stream_prefix="test", max_attempts=1, quiet_period_s=QUIET)
+    settings = Settings(
+        data_dir=tmp_path, stream_prefix=store.keys.prefix, max_attempts=1, quiet_period_s=QUIET
+    )
     study = generate_uid()
     send(spool, study, sag_t2(), at=clock.now)
     record = force_complete(settings, client, study)  # long before the quiet period

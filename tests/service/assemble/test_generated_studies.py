@@ -6,6 +6,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pydicom
@@ -58,7 +59,7 @@ def test_a_generated_study_sent_with_storescu_is_stored_byte_for_byte_and_queued
         redis_url=redis_url,
         quiet_period_s=30.0,
         series_settle_s=0.5,
-        stream_prefix="generated",
+        stream_prefix=f"generated-{uuid.uuid4().hex[:8]}",
     )
     listener = start_listener(settings, Spool.from_settings(settings), host="127.0.0.1", port=0)
     client = redis.Redis.from_url(redis_url)
@@ -87,7 +88,7 @@ def test_a_generated_study_sent_with_storescu_is_stored_byte_for_byte_and_queued
                 on_disk[pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID]
             ) == dataset_bytes(f)
         study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-        store = StudyStore(client, "generated")
+        store = StudyStore(client, settings.stream_prefix)
         deadline = time.monotonic() + 20  # early completion: far sooner than the 30 s quiet period
         record = None
         while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 import redis
@@ -30,8 +31,13 @@ def client(redis_url):
 
 
 def queue(client, visibility=30.0, attempts=3) -> JobQueue:
+    """A queue under a prefix of its own: other test runs may share this Redis database."""
     return JobQueue(
-        client, prefix="test", group="workers", visibility_timeout_s=visibility, max_attempts=attempts
+        client,
+        prefix=f"test-{uuid.uuid4().hex[:8]}",
+        group="workers",
+        visibility_timeout_s=visibility,
+        max_attempts=attempts,
     )
 
 

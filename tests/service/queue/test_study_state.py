@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from service.queue.state import SeriesSummary, StudyRecord, StudyState, StudySto
 @pytest.fixture
 def store(redis_url):
     client = redis.Redis.from_url(redis_url)
-    yield StudyStore(client, "test")
+    yield StudyStore(client, f"test-{uuid.uuid4().hex[:8]}")  # other runs may share this database
     client.close()
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pydicom
@@ -23,7 +24,7 @@ from tests.service.receive.study_factory import sag_t1_flair, sag_t2, write_stud
 from tests.service.receive.test_listener import dataset_bytes
 
 pytestmark = pytest.mark.integration
-PREFIX = "test-listen"
+PREFIX = f"test-listen-{uuid.uuid4().hex[:8]}"  # other test runs may share this Redis database
 
 
 def start_listen(tmp_path: Path, port: int, redis_url: str) -> subprocess.Popen:
