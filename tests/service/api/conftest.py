@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         _env_file=None,
         data_dir=tmp_path / "data",
         redis_url=redis_url,
+        stream_prefix=f"api-test-{uuid.uuid4().hex[:8]}",  # other runs may share this Redis database
         api_keys=[API_KEY],
         disk_reserve_mb=0,
         fsync=False,
