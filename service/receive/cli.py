@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     # pynetdicom's association threads poll with 1 ms sleeps; a waking thread waits for the GIL up to the
     # switch interval (5 ms by default), which adds up to most of an instance's round trip
     sys.setswitchinterval(0.001)
+    if not getattr(args, "verbose", False):
+        # pynetdicom logs every association and every C-STORE at INFO; ours logs refusals and studies
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     spool = Spool.from_settings(settings)
     removed = spool.remove_stale_temp_files()
     if removed:
