@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from service.api import telemetry
 from service.config import Settings, get_settings
 from service.deliver.outbox import ClaimedTask, Outbox
 from service.deliver.scu import describe, send_files, tls_context
@@ -53,12 +54,15 @@ def deliver_one(outbox: Outbox, settings: Settings, consumer: str, block_ms: int
     except (LumbarAIError, OSError) as exc:
         reason = str(exc)
         will_retry = outbox.failed(claimed, reason)
+        telemetry.incr(outbox.redis, settings.stream_prefix, telemetry.DELIVERY_FAILURES,
+                       destination=task.destination.ae_title)
         log.warning(
             "delivery of job %s to %s failed (attempt %d): %s; %s",
             task.job_id, name, task.attempt, reason, "will retry" if will_retry else "dead-lettered",
         )
         return Outcome(claimed, False, will_retry, reason)
     outbox.delivered(claimed)
+    telemetry.incr(outbox.redis, settings.stream_prefix, telemetry.DELIVERIES, destination=task.destination.ae_title)
     log.info("delivered job %s to %s (attempt %d)", task.job_id, name, task.attempt)
     return Outcome(claimed, True, False)
 

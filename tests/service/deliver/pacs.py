@@ -51,7 +51,9 @@ class StoreSCP:
         self.process = None
 
     def received(self) -> list[pydicom.Dataset]:
-        return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(self.folder.iterdir()) if p.is_file()]
+        return [
+            pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(self.folder.iterdir()) if p.is_file()
+        ]
 
     def sop_instances(self) -> Counter:
         """SOP Instance UID -> how many times it arrived."""

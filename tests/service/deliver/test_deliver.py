@@ -26,8 +26,15 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("deliver")
     case = make_case(root / "t2")
     bundle = encode_study(
-        reference=case.reference, other=None, t2_series_uid=case.reference.series_uid, t1_series_uid=None,
-        result=case.result, ontology=ONT, context=case.context, seg_type="BINARY", timings={},
+        reference=case.reference,
+        other=None,
+        t2_series_uid=case.reference.series_uid,
+        t1_series_uid=None,
+        result=case.result,
+        ontology=ONT,
+        context=case.context,
+        seg_type="BINARY",
+        timings={},
     )
     study_uid = str(case.reference.datasets[0].StudyInstanceUID)
     write_results(root / "data" / "results", study_uid, bundle.files)
@@ -81,6 +88,8 @@ def test_results_arrive_at_the_pacs_with_their_uids(redis_url, results, tmp_path
     assert {str(ds.StudyInstanceUID) for ds in received} == {study_uid}
     assert outbox.status(study_uid)[f"PACS@127.0.0.1:{pacs.port}"]["state"] == "delivered"
     assert outbox.waiting() == 0
+    counters = outbox.redis.hgetall(f"{settings.stream_prefix}:metrics:counters")
+    assert counters[b"deliveries|destination=PACS"] == b"1"
 
 
 def test_pacs_down_then_up_is_delivered_after_it_returns(redis_url, results, tmp_path):
