@@ -237,28 +237,34 @@ class JobQueue:
         self._group_ready = True
 
     def _reclaim_one(self, consumer_name: str) -> Delivery | None:
+        """Claim one entry idle beyond the visibility timeout, walking the whole pending list.
+
+        XAUTOCLAIM looks at a bounded number of pending entries per call, so with many jobs in progress
+        a stale one further down is reached by following its cursor until it wraps to 0-0.
+        """
+        cursor = "0-0"
         while True:
             response = self.redis.xautoclaim(
                 self.keys.jobs,
                 self.group,
                 consumer_name,
                 min_idle_time=self.visibility_ms,
-                start_id="0-0",
+                start_id=cursor,
                 count=1,
             )
-            entries = response[1] if len(response) > 1 else []
-            if not entries:
+            cursor = _text(response[0])
+            for entry_id, fields in response[1] if len(response) > 1 else []:
+                entry_id = _text(entry_id)
+                if not fields:  # deleted while pending (Redis 6.2 reports it): drop it from the pending list
+                    self.redis.xack(self.keys.jobs, self.group, entry_id)
+                    continue
+                pending = self.redis.xpending_range(
+                    self.keys.jobs, self.group, min=entry_id, max=entry_id, count=1
+                )
+                times = int(pending[0]["times_delivered"]) if pending else 1
+                return self._delivery(entry_id, fields, times_delivered=times)
+            if cursor == "0-0":
                 return None
-            entry_id, fields = entries[0]
-            entry_id = _text(entry_id)
-            if not fields:  # deleted while pending: nothing to do but drop it from the pending list
-                self.redis.xack(self.keys.jobs, self.group, entry_id)
-                continue
-            pending = self.redis.xpending_range(
-                self.keys.jobs, self.group, min=entry_id, max=entry_id, count=1
-            )
-            times = int(pending[0]["times_delivered"]) if pending else 1
-            return self._delivery(entry_id, fields, times_delivered=times)
 
     def _delivery(self, entry_id: str, fields, times_delivered: int) -> Delivery:
         f = {_text(k): _text(v) for k, v in fields.items()}

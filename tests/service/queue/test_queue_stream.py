@@ -150,3 +150,15 @@ def test_redis_down_is_a_queue_error():
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     with pytest.raises(QueueError):
         queue(dead).enqueue(job())
+
+
+def test_a_stale_entry_behind_many_jobs_in_progress_is_still_reclaimed(client):
+    q = queue(client, visibility=0.3)
+    for i in range(15):
+        q.enqueue(job(sops=((f"1.2.3.{i}", 1),)))
+    claimed = [q.claim("worker-a", block_ms=0) for _ in range(15)]
+    time.sleep(0.35)
+    # the first 14 are being worked on (their idle time reset); only the last is stale
+    client.xclaim(q.keys.jobs, q.group, "worker-b", 0, [d.entry_id for d in claimed[:14]], justid=True)
+    reclaimed = q.claim("worker-c", block_ms=0)  # XAUTOCLAIM alone looks at 10 entries per call
+    assert reclaimed is not None and reclaimed.entry_id == claimed[14].entry_id and reclaimed.attempt == 2
