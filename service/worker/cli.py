@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, help="model directory (default: settings.model_dir)")
     parser.add_argument("--name", help="consumer name in the workers group (default: worker-<host>-<pid>)")
     parser.add_argument("--no-deliver", action="store_true",
-                        help="do not run the delivery loop in this process (run `lumbar-ai deliver` instead)")
+                        help="do not run the delivery and retention-sweep loop in this process "
+                             "(run `lumbar-ai deliver` instead)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     deliverer = None
-    if settings.destinations and not args.no_deliver:
+    if not args.no_deliver:  # also sweeps results past the retention, destinations or not
         deliverer = start_thread(settings, stop, f"deliver-{worker.name}")
     worker.run(stop)
     if deliverer is not None:
