@@ -12,7 +12,7 @@ the study's ``.received`` marker, and the assembler (``lumbar-ai listen``) watch
 through the API triggers exactly what a C-STORE does. The spool never talks to Redis, so receiving goes on
 while Redis is down.
 
-A file appears under its final name only after temp file + fsync + atomic rename + directory fsync; a crash
+A file appears under its final name only after temp file + fdatasync + atomic rename + directory fsync; a crash
 leaves at most a ``.*.tmp`` file, which listings ignore and :meth:`Spool.remove_stale_temp_files` deletes.
 """
 
