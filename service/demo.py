@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--small-study", action="store_true", help="generate a small study (CI smoke runs with a tiny model)"
     )
+    parser.add_argument(
+        "--study", type=Path, help="send this folder of DICOM files (one study) instead of a generated study"
+    )
 
 
 @dataclass
@@ -208,23 +211,43 @@ def _wait_until(what: str, check, timeout_s: float, started: Started, interval_s
     raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def _print_findings(report: dict, truth_positive: dict) -> None:
-    print("\nFindings per level (probability; * = above the model's threshold):")
-    for level in report.get("levels", []):
-        findings = level.get("findings") or []
-        if not findings:
+def _existing_study(folder: Path) -> str:
+    """StudyInstanceUID of the first DICOM file under ``folder`` (the demo sends one study)."""
+    import pydicom
+
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            return str(
+                pydicom.dcmread(
+                    path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]
+                ).StudyInstanceUID
+            )
+        except Exception:  # not DICOM (a DICOMDIR's neighbours, a README): look further
             continue
+    raise ConfigError(f"--study {folder}: no DICOM file with a StudyInstanceUID found")
+
+
+def _print_findings(report: dict, truth_positive: dict | None) -> None:
+    levels = report.get("levels", [])
+    print(
+        f"\n{len(levels)} structure(s) found; findings per level (probability, * = above the model's threshold):"
+    )
+    for level in levels:
+        size = f"{level['volume_mm3'] / 1000:6.1f} mL" if level.get("volume_mm3") is not None else ""
+        height = f"height {level['disc_height_mm']:.1f} mm" if level.get("disc_height_mm") else ""
         cells = ", ".join(
-            f"{f['name']} {f['probability']:.2f}{'*' if f['present'] else ''}" for f in findings
+            f"{f['name']} {f['probability']:.2f}{'*' if f['present'] else ''}"
+            for f in level.get("findings") or []
         )
-        print(f"  {level.get('structure', level.get('level', '?')):<14} {cells}")
+        print(f"  {level.get('structure', '?'):<14} {size:>9}  {' '.join(x for x in (height, cells) if x)}")
     positives = report.get("positive_findings") or []
     summary = "; ".join(f"{p['structure']}: {p['finding']}" for p in positives) or "none"
     print(f"Positive findings: {summary}")
-    truth = "; ".join(
-        f"{lv}: {', '.join(k.replace('_', ' ') for k in ks)}" for lv, ks in truth_positive.items()
-    )
-    print(f"Ground truth of the generated study: {truth or 'no abnormality'}")
+    if truth_positive is not None:
+        truth = "; ".join(
+            f"{lv}: {', '.join(k.replace('_', ' ') for k in ks)}" for lv, ks in truth_positive.items()
+        )
+        print(f"Ground truth of the generated study: {truth or 'no abnormality'}")
     if report.get("statement"):
         print(report["statement"])
 
@@ -316,20 +339,21 @@ def run(args: argparse.Namespace) -> int:
             started,
         )
 
-        seed = args.seed if args.seed is not None else random.randint(*HELD_OUT_SEEDS)
         with tempfile.TemporaryDirectory(prefix="lumbar-ai-demo-study-") as tmp:
-            study_uid, dicom_dir, truth_positive = _generate_study(
-                Path(tmp) / "study", seed, args.small_study
-            )
-            count = sum(1 for _ in dicom_dir.rglob("*.dcm"))
-            series = sum(1 for p in dicom_dir.iterdir() if p.is_dir())
-            print(
-                f"Generated study {study_uid} (seed {seed}, {count} instances in {series} series); "
-                f"sending it with storescu..."
-            )
+            if args.study is not None:
+                study_uid, dicom_dir, truth_positive = _existing_study(args.study), args.study, None
+                what = f"Sending study {study_uid} from {args.study}"
+            else:
+                seed = args.seed if args.seed is not None else random.randint(*HELD_OUT_SEEDS)
+                study_uid, dicom_dir, truth_positive = _generate_study(
+                    Path(tmp) / "study", seed, args.small_study
+                )
+                what = f"Generated study {study_uid} (seed {seed}, never seen in training)"
+            count = sum(1 for p in dicom_dir.rglob("*") if p.is_file())
+            print(f"{what}: {count} files; sending it with storescu...")
             _get(
                 f"{base}/studies/{study_uid}", key, method="DELETE"
-            )  # a rerun with the same seed starts afresh
+            )  # a rerun of the same study starts afresh
             sent_at = time.time()
             _send_study(dicom_dir, dicom_port, logs / "storescu.log")
 

@@ -20,13 +20,9 @@ import pytest
 
 from tests.conftest import ROOT, free_port, require_tool
 
-# The model issue's session fixtures: a tiny checkpoint trained for a few steps, exported with its checks.
-from tests.model_export.model.conftest import (  # noqa: F401
-    tiny_cases,
-    tiny_checkpoint,
-    tiny_generated_study,
-    tiny_model_dir,
-)
+# The worker tests' model: the tiny config trained a few more steps on spine bands, so that it finds
+# structures, exported with the export's own parity checks; and their writer of band studies as DICOM.
+from tests.service.worker.conftest import worker_model_dir, write_study  # noqa: F401
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -38,7 +34,7 @@ def _demo(model_dir: Path, data_dir: Path, env: dict[str, str], *extra: str) -> 
         require_tool(tool)
     cmd = [
         sys.executable, "-m", "service.cli", "demo", "--model-dir", str(model_dir), "--data-dir", str(data_dir),
-        "--small-study", "--seed", "4242", "--quiet-period", "1", "--timeout", "240", *extra,
+        "--quiet-period", "1", "--timeout", "240", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -57,16 +53,21 @@ def _closed(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_demo_runs_a_generated_study_through_the_pipeline_and_exits(
-    tiny_model_dir: Path,  # noqa: F811
+def test_demo_runs_a_study_through_the_pipeline_prints_findings_and_exits(
+    worker_model_dir: Path,  # noqa: F811
     tmp_path: Path,
     redis_url: str,
 ) -> None:
-    demo = _demo(tiny_model_dir, tmp_path / "demo", {"LUMBAR_AI_REDIS_URL": redis_url}, "--exit-after-result")
+    write_study(tmp_path / "study", seed=7)  # seeds 0-2 trained the model
+    env = {"LUMBAR_AI_REDIS_URL": redis_url}
+    demo = _demo(
+        worker_model_dir, tmp_path / "demo", env, "--study", str(tmp_path / "study"), "--exit-after-result"
+    )
     output, _ = demo.communicate(timeout=400)
+    print(output)  # shown with pytest -rP: what a user of the demo sees
     assert demo.returncode == 0, output
-    assert "Findings per level" in output and "Ground truth of the generated study" in output
-    uid = re.search(r"Generated study ([0-9.]+)", output).group(1)
+    assert "structure(s) found; findings per level" in output and "Positive findings:" in output
+    uid = re.search(r"Sending study ([0-9.]+)", output).group(1)
     results = tmp_path / "demo" / "results" / uid
     for name in ("seg.dcm", "sr.dcm", "preview.png", "report.json"):
         assert (results / name).is_file(), name
@@ -83,12 +84,13 @@ def test_demo_runs_a_generated_study_through_the_pipeline_and_exits(
 
 
 def test_ctrl_c_stops_what_the_demo_started_and_nothing_else(
-    tiny_model_dir: Path,  # noqa: F811
+    worker_model_dir: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     no_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing answers: the demo starts its own redis-server
-    demo = _demo(tiny_model_dir, tmp_path / "demo", {"LUMBAR_AI_REDIS_URL": no_redis})
+    extra = ("--small-study", "--seed", "900001")  # a generated study, as `make demo` sends
+    demo = _demo(worker_model_dir, tmp_path / "demo", {"LUMBAR_AI_REDIS_URL": no_redis}, *extra)
     lines: list[str] = []
     try:
         deadline = time.time() + 300
