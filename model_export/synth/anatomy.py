@@ -146,7 +146,7 @@ def paint_body(canvas: Canvas, spine: SpineModel, seg: Segment) -> None:
     inside, shell = body_mask(reg, spine, seg, a, b)
     tissue = np.where(shell, np.uint8(Tissue.CORTEX), np.uint8(Tissue.MARROW))
     # basivertebral vein: a small notch of fluid-like signal in the middle of the posterior wall
-    vein = (np.abs(reg.s - seg.centre) < 2.0) & (reg.t > a - 5) & (np.abs(reg.x - spine.x0) < 3)
+    vein = (np.abs(reg.s - seg.centre) < 1.2 - 0.3 * (a - reg.t)) & (reg.t > a - 4) & (np.abs(reg.x - spine.x0) < 2)
     tissue = np.where(vein & inside, np.uint8(Tissue.FLUID), tissue)
     reg.put(inside, tissue, seg.label)
 

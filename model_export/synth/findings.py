@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import label as cc_label
 
 from .anatomy import body_mask
-from .canvas import Canvas
+from .canvas import Canvas, VolumeCanvas
 from .config import SynthConfig
 from .spine import Segment, SpineModel
 from .tissues import Tissue
@@ -106,14 +108,51 @@ def degenerate(spine: SpineModel, findings: list[FindingSpec], config: SynthConf
 def paint_findings(canvas: Canvas, spine: SpineModel, findings: list[FindingSpec]) -> None:
     for f in findings:
         seg = spine.segment(f.level)
-        if f.finding == "disc_bulging":
-            _paint_bulge(canvas, spine, seg, f.details)
-        elif f.finding in ("disc_protrusion", "disc_extrusion"):
-            _paint_herniation(canvas, spine, seg, f.details, extruded=f.finding == "disc_extrusion")
-        elif f.finding == "schmorl_node":
-            _paint_schmorl(canvas, spine, seg, f.details)
-        elif f.finding == "vertebral_degeneration":
-            _paint_degeneration(canvas, spine, seg, f.details)
+        guard = _Attachment(canvas, spine, seg)
+        _paint_one(canvas, spine, seg, f)
+        guard.detach_islands()
+
+
+class _Attachment:
+    """Undo any part of an edit that ends up detached from its structure.
+
+    On a procedural spine the edits are built to touch their structure; on a real SPIDER mask the
+    endplates and margins lie only near where the segment model puts them, so a bulge or a spur can
+    land a voxel away. Such islands would be labelled voxels no reader would assign to the level.
+    """
+
+    def __init__(self, canvas: Canvas, spine: SpineModel, seg: Segment) -> None:
+        self.label = seg.label
+        self.region = None
+        if isinstance(canvas, VolumeCanvas) and seg.label:
+            self.region = canvas.region((seg.s0 - 40, seg.s1 + 40), (-seg.half_depth - 40, seg.half_depth + 40),
+                                        (spine.x0 - seg.half_width - 30, spine.x0 + seg.half_width + 30))
+        if self.region is not None:
+            self.labels0 = self.region.labels().copy()
+            self.tissues0 = self.region.tissues().copy()
+
+    def detach_islands(self) -> None:
+        if self.region is None:
+            return
+        labels, tissues = self.region.labels(), self.region.tissues()
+        pieces, n = cc_label(labels == self.label, structure=np.ones((3, 3, 3)))
+        if n <= 1:
+            return
+        keep = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+        undo = (pieces > 0) & (pieces != keep) & (self.labels0 != labels)
+        labels[undo] = self.labels0[undo]
+        tissues[undo] = self.tissues0[undo]
+
+
+def _paint_one(canvas: Canvas, spine: SpineModel, seg: Segment, f: FindingSpec) -> None:
+    if f.finding == "disc_bulging":
+        _paint_bulge(canvas, spine, seg, f.details)
+    elif f.finding in ("disc_protrusion", "disc_extrusion"):
+        _paint_herniation(canvas, spine, seg, f.details, extruded=f.finding == "disc_extrusion")
+    elif f.finding == "schmorl_node":
+        _paint_schmorl(canvas, spine, seg, f.details)
+    elif f.finding == "vertebral_degeneration":
+        _paint_degeneration(canvas, spine, seg, f.details)
 
 
 def _paint_bulge(canvas: Canvas, spine: SpineModel, disc: Segment, d: dict[str, Any]) -> None:
@@ -140,7 +179,7 @@ def _paint_herniation(canvas: Canvas, spine: SpineModel, disc: Segment, d: dict[
         shift = d["migration_mm"] * (1 if d["migration"] == "cranial" else -1)
     s_lo = disc.centre - abs(shift) - disc.height - 6
     s_hi = disc.centre + abs(shift) + disc.height + 6
-    reg = canvas.region((s_lo, s_hi), (a - 3, a + depth + 3), (xc - 12, xc + 12))
+    reg = canvas.region((s_lo, s_hi), (a - 9, a + depth + 3), (xc - 12, xc + 12))
     if reg is None:
         return
     half = disc.height / 2 + 0.5
@@ -148,15 +187,17 @@ def _paint_herniation(canvas: Canvas, spine: SpineModel, disc: Segment, d: dict[
     free = reg.labels() == 0
     if not extruded:  # base (about the disc height and 14-18 mm wide) wider than the depth
         prof = np.clip(1 - (dxn / 8.0) ** 2, 0, 1) * np.clip(1 - ((reg.s - disc.centre) / half) ** 2, 0, 1)
-        mask = (reg.t > a - 2) & (reg.t < a + depth * np.sqrt(prof)) & (prof > 0)
+        mask = (reg.t > a - 8) & (reg.t < a + depth * np.sqrt(prof)) & (prof > 0)
     else:  # narrow neck through the annulus, a larger mass in the canal displaced up or down
-        neck = (((reg.s - disc.centre) / (half * 0.6)) ** 2 + (dxn / 4.0) ** 2 < 1) & (reg.t > a - 2)
+        neck = (((reg.s - disc.centre) / (half * 0.6)) ** 2 + (dxn / 4.0) ** 2 < 1) & (reg.t > a - 8)
         neck = neck & (reg.t < a + 2.5)
         centre_s = disc.centre + shift * 0.6
         mass = (((reg.s - centre_s) / (abs(shift) * 0.6 + 4.0)) ** 2 + ((reg.t - a - 1 - depth / 2) / (depth / 2)) ** 2
                 + (dxn / 6.0) ** 2) < 1
         mask = neck | mass
-    reg.put(mask & (free | (reg.labels() == disc.label)), Tissue.HERNIA, disc.label)
+    # starting inside the disc keeps the material attached wherever the real posterior margin lies;
+    # only what lies outside the disc changes tissue
+    reg.put(mask & free, Tissue.HERNIA, disc.label)
 
 
 def _paint_schmorl(canvas: Canvas, spine: SpineModel, disc: Segment, d: dict[str, Any]) -> None:
@@ -176,7 +217,9 @@ def _paint_schmorl(canvas: Canvas, spine: SpineModel, disc: Segment, d: dict[str
     dist = np.sqrt(((reg.s - centre_s) / (depth / 2 + 1.2)) ** 2 + ((reg.t - tc) / 5.0) ** 2
                    + ((reg.x - spine.x0) / 5.5) ** 2)
     reg.put(dist < 1.35, Tissue.SCLEROSIS, where_label=body.label)  # sclerotic rim stays vertebra
-    node = dist < 1.0
+    stalk = (np.abs(reg.s - (surface + sign * (depth / 2 - 3))) < depth / 2 + 3) & (
+        ((reg.t - tc) / 3.0) ** 2 + ((reg.x - spine.x0) / 3.5) ** 2 < 1)  # reaches the real endplate
+    node = (dist < 1.0) | stalk
     labels = reg.labels()
     reg.put(node & ((labels == body.label) | (labels == disc.label)), Tissue.HERNIA, disc.label)
 
@@ -189,20 +232,33 @@ def _paint_degeneration(canvas: Canvas, spine: SpineModel, seg: Segment, d: dict
     inside, shell = body_mask(reg, spine, seg, a, b)
     band = d["band_mm"]
     tissue = {1: Tissue.MODIC1, 2: Tissue.MODIC2, 3: Tissue.SCLEROSIS}[d["modic_type"]]
-    near = np.zeros(inside.shape, bool)
-    if d["endplate"] in ("inferior", "both"):
-        near |= reg.s < seg.s0 + band * (0.7 + 0.3 * np.cos(reg.t / a * 2))
-    if d["endplate"] in ("superior", "both"):
-        near |= reg.s > seg.s1 - band * (0.7 + 0.3 * np.cos(reg.t / a * 2))
-    reg.put(inside & ~shell & near, tissue, where_label=seg.label)
     i = spine.segments.index(seg)
-    discs = [g.label for g in spine.segments[max(0, i - 1):i + 2] if g.kind == "disc" and g.label]
+    below = spine.segments[i - 1] if i > 0 else None
+    above = spine.segments[i + 1] if i + 1 < len(spine.segments) else None
+    discs = [g.label for g in (below, above) if g is not None and g.kind == "disc" and g.label]
+    wavy = band * (0.7 + 0.3 * np.cos(reg.t / a * 2))
+    labels = reg.labels()
+    plates = [g.label for g, side in ((below, "inferior"), (above, "superior"))
+              if g is not None and g.label and d["endplate"] in (side, "both")]
+    if labels.ndim == 3 and plates:  # measured from the real endplate (a SPIDER body need not match s0, s1)
+        sz, sy, sx = canvas.spacing[2], canvas.spacing[1], canvas.spacing[0]  # type: ignore[attr-defined]
+        dist = distance_transform_edt(~np.isin(labels, plates), sampling=(sz, sy, sx))
+        near = dist < wavy
+        keep = np.isin(reg.tissues(), (Tissue.MARROW, Tissue.POSTERIOR_MARROW)) & (reg.t < a)
+        reg.put(near & keep, tissue, where_label=seg.label)
+    else:
+        near = np.zeros(inside.shape, bool)
+        if d["endplate"] in ("inferior", "both"):
+            near = near | (reg.s < seg.s0 + wavy)
+        if d["endplate"] in ("superior", "both"):
+            near = near | (reg.s > seg.s1 - wavy)
+        reg.put(inside & ~shell & near, tissue, where_label=seg.label)
     if d["osteophytes"]:  # anterior beaks at both endplate corners, pointing towards the disc
         for s_e, direction in ((seg.s0, -1.0), (seg.s1, 1.0)):
             length = 5.0
             along = np.clip((-reg.t - a + 3) / length, 0, 1)  # 0 at the body, 1 at the tip
             s_tip = s_e + direction * 3.0 * along
-            beak = (reg.t < -a + 3) & (reg.t > -a - length) & (np.abs(reg.s - s_tip) < 2.2 * (1 - along) + 0.6)
+            beak = (reg.t < -a + 7) & (reg.t > -a - length) & (np.abs(reg.s - s_tip) < 2.2 * (1 - along) + 0.6)
             beak = beak & (np.abs(reg.x - spine.x0) < 0.55 * b)
             # a spur grows from the rim over the annulus of the adjacent disc and out into soft tissue
             labels = reg.labels()

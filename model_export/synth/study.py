@@ -142,18 +142,43 @@ def _point_canvas(spine: SpineModel, pts: np.ndarray) -> PointCanvas:
     return PointCanvas(s, t, pts)
 
 
-def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
-    config = config or SynthConfig()
+@dataclass
+class CasePlan:
+    """Everything decided before painting: anatomy, sagittal planning, findings, dark discs."""
+
+    seed: int
+    spine: SpineModel
+    sag_t2: SliceStack
+    sag_t1: SliceStack
+    findings: list[FindingSpec]
+    degenerated: set[str]
+    rng: dict[str, np.random.Generator]
+
+
+def plan_case(seed: int, config: SynthConfig) -> CasePlan:
     rng = _rngs(seed)
     spine, limits = _choose_anatomy(seed, config, rng["anatomy"])
     sag_t2, sag_t1 = plan_sagittal(spine, config, rng["planning"], limits)
     discs, vertebrae = eligible_levels(spine, [sag_t2, sag_t1])
     findings = sample_findings(discs, vertebrae, config, rng["findings"])
     dark = degenerate(spine, findings, config, rng["findings"])
-    study = StudyInfo.draw(seed, rng["study"])
+    return CasePlan(seed, spine, sag_t2, sag_t1, findings, dark, rng)
 
-    canvas = _fine_grid(spine, [sag_t2, sag_t1], config)
-    paint_spine(canvas, spine, dark)
+
+def healthy_canvas(plan: CasePlan, config: SynthConfig) -> VolumeCanvas:
+    """The fine grid under both sagittal series with the spine painted, before any abnormality."""
+    canvas = _fine_grid(plan.spine, [plan.sag_t2, plan.sag_t1], config)
+    paint_spine(canvas, plan.spine, plan.degenerated)
+    return canvas
+
+
+def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
+    config = config or SynthConfig()
+    plan = plan_case(seed, config)
+    rng, spine, findings, dark = plan.rng, plan.spine, plan.findings, plan.degenerated
+    sag_t2, sag_t1 = plan.sag_t2, plan.sag_t1
+    study = StudyInfo.draw(seed, rng["study"])
+    canvas = healthy_canvas(plan, config)
     paint_findings(canvas, spine, findings)
     # label and tissue travel together: one nearest-neighbour resample per series gives both
     packed = to_sitk((canvas.label.astype(np.uint16) << 8) | canvas.tissue, canvas.origin, canvas.spacing)

@@ -136,3 +136,26 @@ def test_report_of_a_normal_study_says_normal(tmp_path: Path) -> None:
     assert "Normal study" in report
     names = [f.name for f in DEFAULT_ONTOLOGY.findings]
     assert not any(n in report.split("IMPRESSION:")[1] for n in names)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_edits_on_real_spider_anatomy_stay_attached_and_visible(shared_data: Path, seed: int) -> None:
+    from dataclasses import replace
+
+    from model_export.synth import SynthConfig
+    from model_export.synth.config import SMALL_TEST_CONFIG
+    from model_export.synth.study import healthy_canvas, plan_case
+
+    config = replace(SynthConfig(use_spider=True, spider_dir=shared_data / "spider_masks", **SMALL_TEST_CONFIG),
+                     finding_prevalence=1.0, normal_fraction=0.0)
+    plan = plan_case(seed, config)
+    assert plan.spine.source.startswith("spider:") and plan.findings
+    canvas = healthy_canvas(plan, config)
+    for f in plan.findings:
+        before = canvas.tissue.copy()
+        own = plan.spine.segment(f.level).label
+        _, n_before = ndimage.label(canvas.label == own, structure=np.ones((3, 3, 3)))
+        paint_findings(canvas, plan.spine, [f])
+        assert (canvas.tissue != before).sum() >= 10, f"{f.finding} at {f.level} left no trace"
+        _, n = ndimage.label(canvas.label == own, structure=np.ones((3, 3, 3)))
+        assert n <= n_before, f"{f.finding} at {f.level}: {n_before} -> {n} pieces"  # a real mask may start split
