@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-model", type=Path, default=None,
                         help="a local Hugging Face model directory for the text encoder (default: packaged MiniLM)")
     parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
-    parser.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds of training")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop after this many seconds of training on --threads dedicated cores (CPU time)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (the budget is per thread count)")
     parser.add_argument("--max-cases", type=int, default=None, help="use only the first N cases")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         train_changes["time_budget_s"] = args.budget_s
     if args.seed is not None:
         train_changes["seed"] = args.seed
+    if args.threads is not None:
+        train_changes["threads"] = args.threads
     run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, **model_changes),
                                   train=dataclasses.replace(run_cfg.train, **train_changes))
     from model_export.pretrain.init import pretrained_initialiser

@@ -33,7 +33,8 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 2000
     time_budget_s: float | None = None
-    """Stop early when the wall time of training exceeds this (the demo's CPU budget)."""
+    """Stop early after this many seconds of training on ``threads`` dedicated cores (process CPU time /
+    threads; see training.loop.budget_seconds): the demo's CPU budget, immune to other load."""
     lr: float = 2e-3
     weight_decay: float = 0.02
     warmup_steps: int = 50
