@@ -266,7 +266,7 @@ def retry_study(
     responses={409: {"model": Problem}, **_ERRORS},
 )
 def delete_study(
-    uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, client: RedisDep
+    request: Request, uid: StudyUID, store: StoreDep, spool: SpoolDep, settings: SettingsDep, client: RedisDep
 ) -> ActionResponse:
     """Refused while a worker processes the study: its results would reappear after the delete."""
     record = _record(store, spool, uid)
@@ -275,6 +275,7 @@ def delete_study(
             status.HTTP_409_CONFLICT, f"study {uid} is being processed; retry when it is done"
         )
     actions.delete_study(settings, client, uid)
+    client.delete(request.app.state.outbox.status_key(uid))
     results_dir = settings.results_dir / uid
     if results_dir.is_dir():
         shutil.rmtree(results_dir)
