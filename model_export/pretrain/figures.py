@@ -52,8 +52,7 @@ def plot_reconstructions(inputs: np.ndarray, masks: np.ndarray, recons: np.ndarr
         for j, (image, name) in enumerate(((inputs[i], "input"), (masked, "masked (60%)"),
                                            (recons[i], "reconstruction"))):
             ax = axes[i, j]
-            cmap = plt.get_cmap("gray").copy()
-            cmap.set_bad((0.2, 0.3, 0.5))
+            cmap = plt.get_cmap("gray").with_extremes(bad=(0.2, 0.3, 0.5))
             ax.imshow(image, cmap=cmap, vmin=0.0, vmax=vmax)
             ax.set_axis_off()
             if i == 0:

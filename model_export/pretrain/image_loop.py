@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from model_export.pretrain.fcmae import FCMAE, PATCH_SIZE, fcmae_loss, random_mask, reconstruct
 from model_export.pretrain.figures import plot_loss, plot_reconstructions
 from model_export.pretrain.init import IMAGE_KIND as CHECKPOINT_KIND
-from model_export.pretrain.unlabelled import UnlabelledStudy, load_unlabelled
+from model_export.pretrain.unlabelled import Skipped, UnlabelledStudy, iter_unlabelled
 from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class PreparedSlices:
     study_of: list[str]
 
 
-def prepare_slices(studies: list[UnlabelledStudy], size: int, central_fraction: float) -> PreparedSlices:
+def prepare_slices(studies: Iterable[UnlabelledStudy], size: int, central_fraction: float) -> PreparedSlices:
+    """Model-size central slices of each study, read one study at a time."""
     from service.infer.model import model_input
 
     images, present, study_of = [], [], []
@@ -73,6 +75,8 @@ def prepare_slices(studies: list[UnlabelledStudy], size: int, central_fraction: 
         flags = torch.tensor([study.t2 is not None, study.t1 is not None])
         present.append(flags.expand(keep, 2))
         study_of += [study.name] * keep
+    if not images:
+        return PreparedSlices(torch.zeros(0, 2, size, size, dtype=torch.float16), torch.zeros(0, 2, dtype=torch.bool), [])
     return PreparedSlices(torch.cat(images), torch.cat(present), study_of)
 
 
@@ -119,8 +123,11 @@ def pretrain_image(data_dir: Path, cfg: ImagePretrainConfig, out_dir: Path, resu
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     started_read = time.perf_counter()
-    studies, skipped = load_unlabelled(data_dir, limit=max_studies)
-    data = prepare_slices(studies, cfg.input_size, cfg.central_fraction)
+    skipped: list[Skipped] = []
+    data = prepare_slices(iter_unlabelled(data_dir, skipped, max_studies), cfg.input_size, cfg.central_fraction)
+    studies = sorted(set(data.study_of))
+    if not studies:
+        raise ConfigError(f"no readable studies in {data_dir} ({len(skipped)} files or studies skipped)")
     log.info("read %d studies (%d slices) in %.1f s; %d files or studies skipped", len(studies),
              len(data.images), time.perf_counter() - started_read, len(skipped))
     model = build_fcmae(cfg)
@@ -143,7 +150,7 @@ def pretrain_image(data_dir: Path, cfg: ImagePretrainConfig, out_dir: Path, resu
     preview = (data.images[preview_idx].float(),
                random_mask(len(preview_idx), (cfg.input_size // PATCH_SIZE,) * 2, cfg.mask_ratio, preview_gen),
                data.present[preview_idx])
-    provenance = {"data_dir": str(data_dir), "studies": [s.name for s in studies], "slices": len(data.images),
+    provenance = {"data_dir": str(data_dir), "studies": studies, "slices": len(data.images),
                   "skipped": [asdict(s) for s in skipped]}
     grid = (cfg.input_size // PATCH_SIZE,) * 2
     started = time.perf_counter() - state["elapsed_s"]

@@ -30,7 +30,7 @@ from model_export.model.text_encoder import TextEncoder, load_backbone, load_tok
 from model_export.pretrain.figures import plot_loss, plot_similarity
 from model_export.pretrain.init import TEXT_KIND
 from model_export.pretrain.similarity import category_embeddings, neighbourhood, similarity_matrix
-from service.errors import ConfigError, InferenceError
+from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def pretrain_text(data_dir: Path | None, cfg: TextPretrainConfig, out_dir: Path,
                   init_image: Path | None = None, progress: bool = True) -> Path:
     """Pretrain the text encoder; writes text_encoder.pt, text_model/, similarity.png and .json, curves.png."""
     from model_export.pretrain.reports import collect_reports, match_reports
-    from model_export.pretrain.unlabelled import discover_unlabelled
+    from model_export.pretrain.unlabelled import discover_unlabelled, iter_unlabelled
 
     if cfg.objective not in ("clip", "simcse"):
         raise ConfigError(f"unknown objective {cfg.objective!r}; choose clip or simcse")
@@ -143,21 +143,16 @@ def pretrain_text(data_dir: Path | None, cfg: TextPretrainConfig, out_dir: Path,
             raise ConfigError("CLIP pretraining needs --data with studies; use --text-only for reports alone")
         found = discover_unlabelled(data_dir)
         reports = match_reports([n for n, _ in found.loaders], found.study_uids, data_dir, reports_file)
-        studies, texts = [], []
-        for name, load in found.loaders:
-            if name not in reports:
-                continue
-            try:
-                studies.append(load())
-            except (ConfigError, InferenceError) as exc:  # an unreadable study is skipped
-                log.warning("skipped study %s: %s", name, type(exc).__name__)
-                continue
-            texts.append(reports[name])
-        if len(studies) < 2:
-            raise ConfigError(f"CLIP pretraining needs at least 2 studies with reports in {data_dir}, found "
-                              f"{len(studies)}; use --text-only for reports without images")
-        features = study_features(_image_backbone(cfg, init_image), studies, cfg.input_size, cfg.slices_per_study)
-        keys = [s.name for s in studies]
+        backbone = _image_backbone(cfg, init_image)
+        skipped: list = []
+        texts, keys = [], []
+        for study in iter_unlabelled(data_dir, skipped, names=set(reports), found=found):
+            features += study_features(backbone, [study], cfg.input_size, cfg.slices_per_study)
+            texts.append(reports[study.name])
+            keys.append(study.name)
+        if len(texts) < 2:
+            raise ConfigError(f"CLIP pretraining needs at least 2 readable studies with reports in {data_dir}, "
+                              f"found {len(texts)}; use --text-only for reports without images")
     else:
         collected = collect_reports(data_dir, reports_file)
         texts, keys = [r.text for r in collected], [r.key for r in collected]

@@ -14,7 +14,7 @@ a study left without a usable series is reported and skipped; only an empty resu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +106,7 @@ def discover_unlabelled(data_dir: Path) -> Discovery:
         studies.setdefault(study_uid, []).append((path, header))
         study_folder.setdefault(study_uid, path.parent)
     for study_uid, members in studies.items():
-        folder = _common_folder([p for p, _ in members])
+        folder = _common_folder([p for p, _ in members], data_dir)
         name = str(folder.relative_to(data_dir)).replace("/", "_") if folder != data_dir else data_dir.name
         if name in found.folders:  # two studies in one folder
             name = f"{name}_{study_uid[-8:]}"
@@ -121,7 +121,7 @@ def discover_unlabelled(data_dir: Path) -> Discovery:
     return found
 
 
-def _common_folder(paths: list[Path]) -> Path:
+def _common_folder(paths: list[Path], root: Path) -> Path:
     parts = [p.parent.parts for p in paths]
     common = []
     for level in zip(*parts, strict=False):
@@ -129,9 +129,15 @@ def _common_folder(paths: list[Path]) -> Path:
             break
         common.append(level[0])
     folder = Path(*common)
-    # generated studies keep series in dicom/<series>/: name the study by its own folder
-    while folder.name in ("dicom", "DICOM") and folder.parent != folder:
-        folder = folder.parent
+    # a study folder may keep its series in subfolders (generated studies: dicom/<series>/): name the
+    # study by the nearest folder up to the data folder that holds its report.txt or truth.json
+    for candidate in [folder, *folder.parents]:
+        if candidate != root and root not in candidate.parents:
+            break
+        if (candidate / "report.txt").is_file() or (candidate / "truth.json").is_file():
+            return candidate
+        if candidate == root:
+            break
     return folder
 
 
@@ -208,21 +214,41 @@ def _read_dicom_study(members: list, name: str, study_uid: str, root: Path, skip
                            study_uid=None if study_uid.startswith("folder:") else study_uid)
 
 
-def load_unlabelled(data_dir: Path, limit: int | None = None) -> tuple[list[UnlabelledStudy], list[Skipped]]:
-    """Read every study; a study that cannot be read is skipped and reported, never fatal by itself."""
-    found = discover_unlabelled(data_dir)
-    studies: list[UnlabelledStudy] = []
+def iter_unlabelled(data_dir: Path, skipped: list[Skipped], limit: int | None = None,
+                    names: set[str] | None = None, found: Discovery | None = None) -> Iterator[UnlabelledStudy]:
+    """Studies one at a time (an archive does not fit in memory at full resolution).
+
+    A study that cannot be read is appended to ``skipped`` and passed over, never fatal by itself;
+    ``names`` restricts reading to those studies (e.g. the ones with a report).
+    """
+    found = found or discover_unlabelled(data_dir)
+    skipped.extend(found.skipped)  # the study loaders report broken files into found.skipped
+    seen = len(found.skipped)
+    count = 0
     for name, load in found.loaders:
-        if limit is not None and len(studies) >= limit:
+        if limit is not None and count >= limit:
             break
+        if names is not None and name not in names:
+            continue
         try:
             study = load()
         except (ConfigError, InferenceError) as exc:
-            found.skipped.append(Skipped(name, str(exc)))
-            log.warning("skipped study %s: %s", name, exc)
+            skipped.append(Skipped(name, str(exc)))
+            log.warning("skipped: %s", exc)
+            study = None
+        skipped.extend(found.skipped[seen:])
+        seen = len(found.skipped)
+        if study is None:
             continue
         study.folder = study.folder or found.folders.get(name)
-        studies.append(study)
+        count += 1
+        yield study
+
+
+def load_unlabelled(data_dir: Path, limit: int | None = None) -> tuple[list[UnlabelledStudy], list[Skipped]]:
+    """Every readable study in memory, and what was skipped; no readable study at all is an error."""
+    skipped: list[Skipped] = []
+    studies = list(iter_unlabelled(data_dir, skipped, limit))
     if not studies:
-        raise ConfigError(f"no readable studies in {data_dir} ({len(found.skipped)} files or studies skipped)")
-    return studies, found.skipped
+        raise ConfigError(f"no readable studies in {data_dir} ({len(skipped)} files or studies skipped)")
+    return studies, skipped
