@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 LABEL_PREFIXES = ("label", "mask", "seg")
 LABEL_FOLDERS = {"labels", "masks", "segmentations", "labelstr", "labelsts"}
+MAX_LABEL_VALUES = 64
+"""An integer volume with this few distinct values is a label map (e.g. SPIDER masks), not an MR image."""
 SKIPPED_SUFFIXES = (".txt", ".json", ".csv", ".jsonl", ".png", ".jpg", ".md", ".yaml", ".raw", ".zraw", ".py")
 
 
@@ -147,9 +149,12 @@ def _read_volume(path: Path, name: str) -> UnlabelledStudy:
     from model_export.data import read_oriented
 
     image = read_oriented(path)  # ConfigError naming the file when unreadable
-    pixels = sitk.GetArrayFromImage(image).astype(np.float32)
-    if pixels.ndim != 3:
-        raise ConfigError(f"{path.name}: expected a 3-D volume, got {pixels.ndim} dimensions")
+    array = sitk.GetArrayFromImage(image)
+    if array.ndim != 3:
+        raise ConfigError(f"{path.name}: expected a 3-D volume, got {array.ndim} dimensions")
+    if np.issubdtype(array.dtype, np.integer) and len(np.unique(array)) <= MAX_LABEL_VALUES:
+        raise ConfigError(f"{path.name}: looks like a label map ({len(np.unique(array))} distinct values), not an image")
+    pixels = array.astype(np.float32)
     is_t1 = "t1" in path.name.lower().replace("-", "_").split(".")[0].split("_")
     return UnlabelledStudy(name, t2=None if is_t1 else pixels, t1=pixels if is_t1 else None, folder=path.parent)
 

@@ -57,6 +57,7 @@ def archive(tmp_path_factory) -> Path:
     volume.SetDirection((0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
     sitk.WriteImage(volume, str(volume_dir / "t2.nii.gz"))
     sitk.WriteImage(sitk.Cast(volume > 50, sitk.sitkUInt8), str(volume_dir / "labels.nii.gz"))
+    sitk.WriteImage(sitk.Cast(volume > 50, sitk.sitkUInt8) * 7, str(root / "spider_like_mask.mha"))
     return root
 
 
@@ -65,7 +66,7 @@ def tiny_image_checkpoint(report_studies, tmp_path_factory) -> Path:
     from model_export.pretrain.image_loop import ImagePretrainConfig, pretrain_image
 
     cfg = ImagePretrainConfig(encoder="pico-mini", input_size=64, steps=3, batch_size=2, warmup_steps=1,
-                              preview_every=2, checkpoint_every=2)
+                              preview_every=3, checkpoint_every=2)
     return pretrain_image(report_studies, cfg, tmp_path_factory.mktemp("fcmae_run"), progress=False)
 
 

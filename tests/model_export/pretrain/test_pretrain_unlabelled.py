@@ -26,6 +26,7 @@ def test_archive_study_yields_its_sagittal_t2_and_t1_and_names_the_files_it_skip
     assert "export/patient_a/README" in reasons  # not DICOM: reported, not fatal
     assert any(p.endswith("IM_9999.dcm") for p in reasons), reasons  # truncated pixel data
     assert not any("notes.txt" in p for p in reasons)  # text files are not images: silently ignored
+    assert "label map" in reasons["spider_like_mask"]  # a mask under an image-like name
     volume = by_name["nifti_case_t2"]
     assert volume.t2.shape == (6, 40, 32) and volume.t1 is None
 
