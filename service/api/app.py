@@ -45,6 +45,8 @@ The bundled demo model is trained on synthetic data only; it is not a medical de
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
+        docs_url=None,  # served from the package below, not from a CDN a hospital network may block
+        redoc_url=None,
         title="lumbar-ai",
         version=__version__,
         description=DESCRIPTION,
@@ -79,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(ui.router)
+    ui.add_offline_docs(app)
     app.include_router(studies.router, dependencies=protected)
     app.include_router(stow.router, dependencies=protected)
     _add_error_handlers(app)

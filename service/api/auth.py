@@ -53,11 +53,13 @@ def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from LUMBAR_AI_API_KEYS or the keys file")
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="An API key from LUMBAR_AI_API_KEYS or the keys file"
+)
 
 
 def require_api_key(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> None:
     """FastAPI dependency: 401 without a bearer key, 403 with a wrong one."""
     keys: tuple[bytes, ...] = request.app.state.api_keys

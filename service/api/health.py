@@ -8,14 +8,16 @@ Redis answers, the spool has room above its reserve, and at least one worker has
 from __future__ import annotations
 
 import shutil
+from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api import telemetry
-from service.api.auth import require_api_key
+from service.api.auth import bearer_scheme, require_api_key
 from service.api.deps import RedisDep, SettingsDep
 from service.api.schemas import Health
 
@@ -67,19 +69,11 @@ def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
-def _metrics_auth(request: Request) -> None:
+def _metrics_auth(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> None:
     if request.app.state.settings.metrics_require_key:
-        require_api_key(request, _credentials(request))
-
-
-def _credentials(request: Request):
-    from fastapi.security import HTTPAuthorizationCredentials
-    from fastapi.security.utils import get_authorization_scheme_param
-
-    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
-    if not scheme or not token:
-        return None
-    return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        require_api_key(request, credentials)
 
 
 @router.get(

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter
+import swagger_ui_bundle
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 router = APIRouter(tags=["ui"])
 
@@ -33,3 +36,19 @@ def page() -> HTMLResponse:
 @router.get("/", include_in_schema=False)
 def root() -> RedirectResponse:
     return RedirectResponse("ui")
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package, so the docs work without internet access."""
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} API",
+            swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/static/favicon-32x32.png",
+        )
