@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .canvas import Canvas, Region
+from .canvas import Canvas, Region, VolumeCanvas
 from .spine import Segment, SpineModel
 from .tissues import Tissue
 
@@ -44,44 +44,59 @@ def body_axis_y(spine: SpineModel, z: np.ndarray) -> np.ndarray:
 
 
 def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
-    """Skin-to-skin body: subcutaneous fat, back muscles, psoas, abdomen or lung, vessels.
+    """Skin-to-skin body: subcutaneous fat, back muscles, psoas, kidneys, abdomen or lung, vessels.
 
-    Terms that depend on (s, t) only are computed before being combined with x, which keeps the work
-    on a volume canvas close to one pass over the voxels.
+    On a volume canvas the soft tissue is evaluated on every third left-right plane and repeated: its
+    boundaries across x are smooth on the scale of a 3-5 mm slice, and this is the costliest painter.
     """
     r = canvas.everything()
-    s, t, dx = r.s, r.t, r.x - spine.x0
+    if isinstance(canvas, VolumeCanvas) and canvas.spacing[0] < 2.0:
+        k = max(1, int(round(2.4 / canvas.spacing[0])))
+        xs = r.x[:, :, ::k] + np.float32(canvas.spacing[0] * (k - 1) / 2)
+        coarse = _soft_tissue(spine, r.s, r.t, xs, r.y, r.z)
+        r.fill(np.repeat(coarse, k, axis=2)[:, :, : r.x.shape[2]])
+    else:
+        r.fill(_soft_tissue(spine, r.s, r.t, r.x, r.y, r.z))
+
+
+def _soft_tissue(spine: SpineModel, s: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
+                 ) -> np.ndarray:
+    """Terms that depend on (s, t) only are computed before being combined with x."""
+    f32 = np.float32
+    dx = x - f32(spine.x0)
     a = half_depth_at(spine, s)
     # the skin follows a heavily smoothed spine: the back is hollow at the lordosis, but less than the spine
-    axis_y = body_axis_y(spine, r.z)
-    back = axis_y + 16 + spine.canal_depth + spine.spinous_length + spine.muscle_depth + spine.fat_depth
+    axis_y = body_axis_y(spine, z)
+    back = axis_y + f32(16 + spine.canal_depth + spine.spinous_length + spine.muscle_depth + spine.fat_depth)
     thorax = s > spine.diaphragm_s
-    front = axis_y - spine.abdomen_depth * np.where(r.z > spine.point(spine.diaphragm_s)[2], 1.1, 1.0)
-    centre = 0.5 * (back + front)
-    half_ap = 0.5 * (back - front)
-    bw, fat = spine.body_half_width, spine.fat_depth
-    body = ((r.y - centre) / half_ap) ** 2 + (dx / bw) ** 2 <= 1.0
-    inner = ((r.y - centre) / (half_ap - fat)) ** 2 + (dx / (bw - fat)) ** 2 <= 1.0
-    posterior = t > a * 0.6
+    front = axis_y - f32(spine.abdomen_depth) * np.where(z > spine.point(spine.diaphragm_s)[2], f32(1.1), f32(1.0))
+    centre = f32(0.5) * (back + front)
+    half_ap = f32(0.5) * (back - front)
+    bw, fat = f32(spine.body_half_width), f32(spine.fat_depth)
+    yc = y - centre
+    body = (yc / half_ap) ** 2 + (dx / bw) ** 2 <= 1.0
+    inner = (yc / (half_ap - fat)) ** 2 + (dx / (bw - fat)) ** 2 <= 1.0
+    posterior = t > a * f32(0.6)
     content = np.where(posterior, np.uint8(Tissue.MUSCLE),
                        np.where(thorax, np.uint8(Tissue.LUNG), np.uint8(Tissue.BOWEL)))
-    wall = (r.y < front + fat + 12) & ~thorax  # anterior abdominal wall muscle, just inside the fat
+    wall = (y < front + fat + f32(12)) & ~thorax  # anterior abdominal wall muscle, just inside the fat
     content = np.where(wall, np.uint8(Tissue.MUSCLE), content)
-    # retroperitoneal fat around the front of the spine, psoas beside the lumbar bodies
-    retro = (((t + 0.3 * a) / (a + 28)) ** 2 + (dx / 75) ** 2 < 1.0) & (t < a * 0.6)
+    # retroperitoneal fat around the front of the spine, psoas beside the lumbar bodies, kidneys
+    retro = (((t + f32(0.3) * a) / (a + f32(28))) ** 2 + (dx / f32(75)) ** 2 < 1.0) & (t < a * f32(0.6))
     kidney_s = (s > spine.diaphragm_s - 120) & (s < spine.diaphragm_s + 15)
-    kidney = kidney_s & ((((t - 0.5 * a) / 28) ** 2 + ((np.abs(dx) - 70) / 32) ** 2) < 1.0)
-    lumbar = (s > 0) & (s < spine.diaphragm_s) & (t > -a - 12) & (t < a * 0.5)
-    psoas_w = 14 + 10 * np.clip((spine.diaphragm_s - s) / max(spine.diaphragm_s, 1.0), 0, 1)
-    psoas = lumbar & (np.abs(np.abs(dx) - (a + 14)) < psoas_w)
+    kidney = kidney_s & ((((t - f32(0.5) * a) / f32(28)) ** 2 + ((np.abs(dx) - f32(70)) / f32(32)) ** 2) < 1.0)
+    lumbar = (s > 0) & (s < spine.diaphragm_s) & (t > -a - f32(12)) & (t < a * f32(0.5))
+    psoas_w = f32(14) + f32(10) * np.clip((spine.diaphragm_s - s) / f32(max(spine.diaphragm_s, 1.0)), 0, 1)
+    psoas = lumbar & (np.abs(np.abs(dx) - (a + f32(14))) < psoas_w)
     vessels = np.zeros((), bool)
     for dx_c, radius, s_lo in ((12.0, 11.0, spine.aorta_bifurcation_s),
                                (-22.0, 10.0, spine.aorta_bifurcation_s - 10)):
-        vessels = vessels | ((((t + a + radius + 3) ** 2 - radius ** 2) + (dx - dx_c) ** 2 < 0) & (s > s_lo))
+        vessels = vessels | ((((t + a + f32(radius + 3)) ** 2 - f32(radius ** 2)) + (dx - f32(dx_c)) ** 2 < 0)
+                             & (s > s_lo))
     inside = np.where(vessels, np.uint8(Tissue.VESSEL),
                       np.where(psoas, np.uint8(Tissue.MUSCLE), np.where(retro, np.uint8(Tissue.FAT), content)))
     inside = np.where(kidney & ~psoas, np.uint8(Tissue.KIDNEY), inside)
-    r.fill(np.where(inner, inside, np.where(body, np.uint8(Tissue.FAT), np.uint8(Tissue.AIR))))
+    return np.where(inner, inside, np.where(body, np.uint8(Tissue.FAT), np.uint8(Tissue.AIR)))
 
 
 def paint_ligaments(canvas: Canvas, spine: SpineModel) -> None:

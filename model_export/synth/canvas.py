@@ -129,14 +129,20 @@ class PointCanvas(Canvas):
         self.x, self.y, self.z = (points[..., i].ravel().astype(np.float32) for i in range(3))
         self.tissue = np.zeros(self.s.size, np.uint8)
         self.label = np.zeros(self.s.size, np.uint8)
+        self._order: np.ndarray | None = None
+        self._sorted_s = self.s
 
     def everything(self) -> Region:
         return Region(slice(None), self.s, self.t, self.x, self, self.y, self.z)
 
     def region(self, s: Range, t: Range, x: Range) -> Region | None:
-        m = (self.s >= s[0]) & (self.s <= s[1]) & (self.t >= t[0]) & (self.t <= t[1])
-        m &= (self.x >= x[0]) & (self.x <= x[1])
-        idx = np.flatnonzero(m)
+        if self._order is None:  # points sorted along the spine: a range of s is a contiguous run
+            self._order = np.argsort(self.s, kind="stable")
+            self._sorted_s = self.s[self._order]
+        i0, i1 = np.searchsorted(self._sorted_s, [s[0], s[1]], side="left")
+        run = self._order[i0:i1]
+        tt, xx = self.t[run], self.x[run]
+        idx = run[(tt >= t[0]) & (tt <= t[1]) & (xx >= x[0]) & (xx <= x[1])]
         if idx.size == 0:
             return None
         return Region(idx, self.s[idx], self.t[idx], self.x[idx], self)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import uniform_filter1d, zoom
+from scipy.ndimage import uniform_filter1d
 
 from .geometry import SliceStack
 from .tissues import NUM_TISSUES, Tissue
@@ -70,12 +70,16 @@ def draw_contrast(weighting: str, rng: np.random.Generator) -> Contrast:
     return Contrast(weighting, lut, tex)
 
 
-def texture_field(shape: tuple[int, int, int], rng: np.random.Generator, cell: float = 4.0) -> np.ndarray:
-    """Smooth zero-mean noise per slice: Gaussian values on a coarse in-plane grid, linearly interpolated."""
+def texture_field(shape: tuple[int, int, int], rng: np.random.Generator, cell: int = 4) -> np.ndarray:
+    """Smooth zero-mean noise per slice: coarse Gaussian cells repeated, then box-smoothed in-plane.
+
+    (A box-smoothed step field is piecewise linear, as a linear zoom would give, at a fifth of the cost.)
+    """
     n, rows, cols = shape
-    coarse = rng.standard_normal((n, int(rows / cell) + 2, int(cols / cell) + 2)).astype(np.float32)
-    out = zoom(coarse, (1, rows / coarse.shape[1], cols / coarse.shape[2]), order=1, grid_mode=False)
-    return out[:, :rows, :cols]
+    coarse = rng.standard_normal((n, rows // cell + 2, cols // cell + 2)).astype(np.float32)
+    field = np.repeat(np.repeat(coarse, cell, axis=1), cell, axis=2)[:, :rows, :cols]
+    field = uniform_filter1d(field, cell, axis=1)
+    return uniform_filter1d(field, cell, axis=2)
 
 
 def apply_texture(image: np.ndarray, tissue: np.ndarray, contrast: Contrast, rng: np.random.Generator
@@ -85,9 +89,9 @@ def apply_texture(image: np.ndarray, tissue: np.ndarray, contrast: Contrast, rng
     Applied after partial volume and resampling, where the arrays are a tenth of the fine grid's size;
     the texture is smooth over a few pixels, so blurring it first would change little.
     """
-    fine = texture_field(image.shape, rng, 3.0)
+    fine = texture_field(image.shape, rng, 3)
     fine *= contrast.texture[tissue, 0]
-    coarse = texture_field(image.shape, rng, 12.0)
+    coarse = texture_field(image.shape, rng, 12)
     coarse *= contrast.texture[tissue, 1]
     fine += coarse
     fine += 1.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -192,6 +193,15 @@ class SpiderAnatomy:
         shape = pts.shape[:-1]
         return (packed >> 8).astype(np.uint8).reshape(shape), (packed & 255).astype(np.uint8).reshape(shape)
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Patient-space bounding box of the mask grid."""
+        img = self.mask.image
+        size = np.array(img.GetSize()) - 1
+        corners = [img.TransformContinuousIndexToPhysicalPoint([float(c * n) for c, n in zip(bits, size, strict=True)])
+                   for bits in np.ndindex(2, 2, 2)]
+        pts = self.to_patient(np.array(corners))
+        return pts.min(axis=0) - 1.0, pts.max(axis=0) + 1.0
+
     def resample(self, reference: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         out = sitk.Resample(self.mask.image, reference, self.transform(), sitk.sitkNearestNeighbor, 0,
                             sitk.sitkUInt16)
@@ -323,24 +333,50 @@ def rng_free_sacrum_length(first: Segment) -> float:
     return 105.0 * first.half_depth / HALF_DEPTH[0]
 
 
-def spider_layers(canvas: Canvas, anatomy: SpiderAnatomy) -> tuple[np.ndarray, np.ndarray]:
-    """(label, tissue) of the mask at every point of a canvas."""
+def spider_patch(canvas: Canvas, anatomy: SpiderAnatomy) -> tuple[Any, np.ndarray, np.ndarray] | None:
+    """(key, label, tissue) of the mask over the part of a canvas its bounding box covers.
+
+    ``key`` indexes the canvas arrays (slices for a volume, flat indices for points); sampling only
+    that part skips most of a volume canvas, whose extent is set by the field of view, not the mask.
+    """
+    lo, hi = anatomy.bounds()
     if isinstance(canvas, VolumeCanvas):
-        ref = sitk.Image(int(canvas.x1d.size), int(canvas.y1d.size), int(canvas.z1d.size), sitk.sitkUInt8)
-        ref.SetOrigin(tuple(float(v) for v in canvas.origin))
+        ranges = []
+        for axis_values, a, b in ((canvas.z1d, lo[2], hi[2]), (canvas.y1d, lo[1], hi[1]), (canvas.x1d, lo[0], hi[0])):
+            i0, i1 = np.searchsorted(axis_values, [a, b])
+            if i0 >= i1:
+                return None
+            ranges.append(slice(int(i0), int(i1)))
+        key = tuple(ranges)
+        ref = sitk.Image(key[2].stop - key[2].start, key[1].stop - key[1].start, key[0].stop - key[0].start,
+                         sitk.sitkUInt8)
+        ref.SetOrigin((float(canvas.x1d[key[2].start]), float(canvas.y1d[key[1].start]),
+                       float(canvas.z1d[key[0].start])))
         ref.SetSpacing(tuple(float(v) for v in canvas.spacing))
-        return anatomy.resample(ref)
-    pts = np.stack([canvas.x, canvas.y, canvas.z], axis=-1).astype(np.float64)
-    return anatomy.sample(pts)
+        label, tissue = anatomy.resample(ref)
+        return key, label, tissue
+    pts = np.stack([canvas.x, canvas.y, canvas.z], axis=-1)
+    inside = np.flatnonzero(np.all((pts >= lo) & (pts <= hi), axis=1))
+    if inside.size == 0:
+        return None
+    label, tissue = anatomy.sample(pts[inside].astype(np.float64))
+    return inside, label, tissue
 
 
 def paint_spider(canvas: Canvas, spine: SpineModel, degenerated: set[str]) -> None:
     """The mask's vertebrae, discs and canal over the procedural body, then cord and cauda equina."""
-    label, tissue = spider_layers(canvas, spine.spider)
-    r = canvas.everything()
-    dark = [g.label for g in spine.segments if g.name in degenerated and g.label]
-    tissue = np.where((tissue == Tissue.NUCLEUS) & np.isin(label, dark), np.uint8(Tissue.NUCLEUS_DEGENERATED), tissue)
-    r.put(tissue > 0, tissue, label)
+    patch = spider_patch(canvas, spine.spider)
+    if patch is not None:
+        key, label, tissue = patch
+        dark = [g.label for g in spine.segments if g.name in degenerated and g.label]
+        tissue = np.where((tissue == Tissue.NUCLEUS) & np.isin(label, dark), np.uint8(Tissue.NUCLEUS_DEGENERATED),
+                          tissue)
+        tv, lv = canvas.tissue[key], canvas.label[key]
+        m = tissue > 0
+        tv[m] = tissue[m]
+        lv[m] = label[m]
+        if not isinstance(key, tuple):  # flat indices gave copies
+            canvas.tissue[key], canvas.label[key] = tv, lv
     line_s, line_t, line_x = spine.spider.canal_line
     reg = canvas.region((float(line_s.min()), float(line_s.max())), (float(line_t.min()) - 12, float(line_t.max()) + 12),
                         (float(line_x.min()) - 12, float(line_x.max()) + 12))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import find_objects, zoom
+from scipy.ndimage import find_objects, uniform_filter1d
 from scipy.ndimage import label as cc_label
 
 from service.ontology import DEFAULT_ONTOLOGY
@@ -128,7 +128,7 @@ def _fine_grid(spine: SpineModel, stacks: list[SliceStack], config: SynthConfig)
     lo = corners.min(axis=0) - 2.0
     hi = corners.max(axis=0) + 2.0
     dx = float(np.clip(min(st.thickness for st in stacks) / 3.0, 0.8, 1.67))  # three samples a slice
-    dyz = min(config.render_spacing, max(min(st.pixel_spacing for st in stacks), 0.5))
+    dyz = config.render_spacing
     x = np.arange(lo[0], hi[0] + dx, dx, dtype=np.float32)
     y = np.arange(lo[1], hi[1] + dyz, dyz)
     z = np.arange(lo[2], hi[2] + dyz, dyz)
@@ -200,12 +200,12 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
     if config.include_axial:
         r = rng["ax_t2"]
         stack = plan_axial(spine, config, r)
-        series["ax_t2"] = SynthSeries("ax_t2", axial_t2(r), [stack], [_render_points(spine, findings, dark, stack,
-                                                                                     "T2", r, config)])
+        series["ax_t2"] = SynthSeries("ax_t2", axial_t2(r), [stack],
+                                      _render_points(spine, findings, dark, [stack], "T2", r, config))
     if config.include_localizer:
         r = rng["localizer"]
         stacks = plan_localizer(spine, config, r)
-        px = [_render_points(spine, findings, dark, st, "T1", r, config) for st in stacks]
+        px = _render_points(spine, findings, dark, stacks, "T1", r, config)
         series["localizer"] = SynthSeries("localizer", localizer(r), stacks, px)
     order = ["localizer", "sag_t2", "sag_t1", "ax_t2"]
     for number, name in enumerate([n for n in order if n in series], start=1):
@@ -216,23 +216,39 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
     return case
 
 
-def _render_points(spine: SpineModel, findings: list[FindingSpec], dark: set[str], stack: SliceStack,
-                   weighting: str, rng: np.random.Generator, config: SynthConfig, factor: int = 2) -> np.ndarray:
-    """Render a non-sagittal series straight from the anatomy, at 1/factor of its matrix, then upsample.
+def _upsample(small: np.ndarray, factor: int, rows: int, cols: int) -> np.ndarray:
+    """In-plane upsampling by repetition then a box of the same width (piecewise linear), edge-padded."""
+    big = np.repeat(np.repeat(small, factor, axis=1), factor, axis=2)
+    big = uniform_filter1d(uniform_filter1d(big, factor, axis=1), factor, axis=2)
+    pad = ((0, 0), (0, max(0, rows - big.shape[1])), (0, max(0, cols - big.shape[2])))
+    return np.pad(big, pad, mode="edge")[:, :rows, :cols]
+
+
+def _render_points(spine: SpineModel, findings: list[FindingSpec], dark: set[str], stacks: list[SliceStack],
+                   weighting: str, rng: np.random.Generator, config: SynthConfig, factor: int = 2
+                   ) -> list[np.ndarray]:
+    """Render non-sagittal series straight from the anatomy, at 1/factor of their matrix, then upsample.
 
     These series exist to exercise series selection and to look plausible, not to train on, so they
-    are drawn at pixel centres of a coarser grid (no partial volume) to keep generation fast.
+    are drawn at pixel centres of a coarser grid (no partial volume) to keep generation fast. All
+    blocks (the three planes of a localizer) are painted as one set of points.
     """
-    coarse = SliceStack(stack.rows // factor, stack.cols // factor, stack.pixel_spacing * factor, stack.row_dir,
-                        stack.col_dir, stack.centres, stack.thickness)
-    canvas = _point_canvas(spine, coarse.points()[0])
+    coarse = [SliceStack(st.rows // factor, st.cols // factor, st.pixel_spacing * factor, st.row_dir, st.col_dir,
+                         st.centres, st.thickness) for st in stacks]
+    pts = [c.points()[0] for c in coarse]
+    canvas = _point_canvas(spine, np.concatenate([p.reshape(-1, 3) for p in pts]))
     paint_spine(canvas, spine, dark)
     paint_findings(canvas, spine, findings)
     tissue, _ = canvas.arrays()
     contrast = draw_contrast(weighting, rng)
-    small = contrast.lut[tissue]
-    image = zoom(small, (1, stack.rows / small.shape[1], stack.cols / small.shape[2]), order=1)
-    return acquire(image, stack, rng, config.noise, (0.05, 0.2), rng.uniform(1500, 3800))
+    out, start = [], 0
+    for st, p in zip(stacks, pts, strict=True):
+        n = int(np.prod(p.shape[:3]))
+        small = contrast.lut[tissue[start:start + n]].reshape(p.shape[:3])
+        start += n
+        image = _upsample(small, factor, st.rows, st.cols)
+        out.append(acquire(image, st, rng, config.noise, (0.05, 0.2), rng.uniform(1500, 3800)))
+    return out
 
 
 def build_truth(case: SynthCase) -> dict[str, Any]:
