@@ -70,6 +70,7 @@ def study_row(study_dir: Path) -> Image.Image:
     draw = ImageDraw.Draw(overlay)
     scale = PANEL / lab2.shape[1], PANEL / lab2.shape[0]
     font = _font(10)
+    abnormal = {f["level"] for f in truth.findings}
     for value in np.unique(lab2):
         if value == 0:
             continue
@@ -77,7 +78,10 @@ def study_row(study_dir: Path) -> Image.Image:
         s = DEFAULT_ONTOLOGY.by_label(int(value))
         x = float(xs.max() if s.kind == "disc" else xs.mean()) * scale[0]
         y = float(ys.mean()) * scale[1]
-        draw.text((x + 3, y - 5), s.level if s.kind != "sacrum" else "S", fill=(255, 255, 255), font=font)
+        name = s.level if s.kind != "sacrum" else "S"
+        hit = s.kind != "sacrum" and s.level in abnormal
+        draw.text((x + 3, y - 5), name + (" *" if hit else ""), fill=(255, 60, 60) if hit else (255, 255, 255),
+                  font=font)
     row = Image.new("RGB", (3 * PANEL, PANEL + TEXT_H), (0, 0, 0))
     row.paste(_panel(g2).convert("RGB"), (0, 0))
     row.paste(_panel(g1).convert("RGB"), (PANEL, 0))
@@ -96,7 +100,7 @@ def study_row(study_dir: Path) -> Image.Image:
     lines = [text[i:i + 140] for i in range(0, len(text), 140)][:4]
     for i, line in enumerate(lines):
         draw.text((4, PANEL + 18 + 14 * i), line, fill=(255, 220, 120), font=big)
-    for i, title in enumerate(("sagittal T2 (mid)", "sagittal T1 (mid)", "labels on T2")):
+    for i, title in enumerate(("sagittal T2 (mid)", "sagittal T1 (mid)", "labels on T2 (* = finding)")):
         draw.text((i * PANEL + 4, 4), title, fill=(120, 255, 120), font=big)
     return row
 
