@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -224,11 +225,12 @@ def test_healthcheck_worker_wants_a_heartbeat_from_its_own_host(redis_url: str) 
 
     from service.api import telemetry
 
-    env = {"LUMBAR_AI_REDIS_URL": redis_url, "LUMBAR_AI_STREAM_PREFIX": "hc-test"}
+    prefix = f"hc-test-{uuid.uuid4().hex[:8]}"  # other runs may share this Redis database
+    env = {"LUMBAR_AI_REDIS_URL": redis_url, "LUMBAR_AI_STREAM_PREFIX": prefix}
     assert _healthcheck("worker", env).returncode == 1
     client = redis.Redis.from_url(redis_url)
-    telemetry.heartbeat(client, "hc-test", f"worker-another-{socket.gethostname()}-1", "demo", "1", [])
+    telemetry.heartbeat(client, prefix, f"worker-another-{socket.gethostname()}-1", "demo", "1", [])
     assert _healthcheck("worker", env).returncode == 1
-    telemetry.heartbeat(client, "hc-test", f"worker-{socket.gethostname()}-42", "demo", "1", [])  # its format
+    telemetry.heartbeat(client, prefix, f"worker-{socket.gethostname()}-42", "demo", "1", [])  # its format
     result = _healthcheck("worker", env)
     assert result.returncode == 0, result.stdout
