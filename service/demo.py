@@ -273,24 +273,9 @@ def run(args: argparse.Namespace) -> int:
             port = _free_port()
             redis_dir = logs.parent / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
-            started.start(
-                "redis",
-                [
-                    redis_server,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(redis_dir),
-                ],
-                dict(os.environ),
-                logs,
-            )
+            cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--dir", str(redis_dir)]  # fmt: skip
+            started.start("redis", cmd, dict(os.environ), logs)
             redis_url = f"redis://127.0.0.1:{port}/0"
             _wait_until("Redis", lambda: _redis_answers(redis_url), 20, started, 0.1)
             print(f"Started Redis on port {port} (none answered at {settings.redis_url})")
