@@ -127,7 +127,7 @@ def load_mask(path: str) -> SpiderMask:
         box = boxes[value - 1]
         crop = arr[box] == value
         idx = np.argwhere(crop) + np.array([b.start for b in box])
-        pts = _physical(img, idx[:: max(1, len(idx) // 4000)].astype(np.float64))
+        pts = _physical(img, idx[:: max(1, len(idx) // 2000)].astype(np.float64))
         if value == CANAL:
             tissue[box][crop] = np.where(rim[box][crop], Tissue.EPIDURAL_FAT, Tissue.CSF)
             points["canal"] = pts
