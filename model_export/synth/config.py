@@ -6,7 +6,7 @@ matrices and slice counts through the same fields, so the code path they exercis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import SynthError
@@ -41,7 +41,6 @@ class SynthConfig:
     max_oblique_deg: float = 4.0
     noise: tuple[float, float] = (0.01, 0.035)  # Rician sigma as a fraction of the brightest tissue
     bias: tuple[float, float] = (0.1, 0.45)  # strength of the coil sensitivity field
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("matrix", "slices", "slice_thickness", "fov", "pixel_spacing", "axial_matrix",

@@ -35,7 +35,7 @@ class SliceStack:
     col_dir: np.ndarray  # direction of increasing row index
     centres: np.ndarray  # (n, 3) slice centres, sorted along the normal
     thickness: float
-    instance_order: list[int] = field(default_factory=list)  # InstanceNumber - 1 of each sorted slice
+    instance_order: list[int] = field(default_factory=list)  # sorted-slice index of InstanceNumber 1, 2, ...
 
     @property
     def normal(self) -> np.ndarray:

@@ -26,7 +26,7 @@ T2_RANGES = {
     Tissue.LIGAMENT: (0.04, 0.1), Tissue.VESSEL: (0.02, 0.08), Tissue.MODIC1: (0.62, 0.8),
     Tissue.MODIC2: (0.5, 0.62), Tissue.SCLEROSIS: (0.05, 0.12), Tissue.HERNIA: (0.3, 0.5),
     Tissue.POSTERIOR_MARROW: (0.3, 0.42), Tissue.NERVE: (0.15, 0.3), Tissue.FLUID: (0.8, 0.95),
-    Tissue.SKIN: (0.3, 0.4), Tissue.KIDNEY: (0.45, 0.6),
+    Tissue.KIDNEY: (0.45, 0.6),
 }
 T1_RANGES = {
     Tissue.AIR: (0.0, 0.01), Tissue.FAT: (0.85, 1.0), Tissue.MUSCLE: (0.25, 0.33), Tissue.BOWEL: (0.25, 0.45),
@@ -36,7 +36,7 @@ T1_RANGES = {
     Tissue.LIGAMENT: (0.04, 0.1), Tissue.VESSEL: (0.02, 0.1), Tissue.MODIC1: (0.2, 0.3),
     Tissue.MODIC2: (0.85, 1.0), Tissue.SCLEROSIS: (0.05, 0.12), Tissue.HERNIA: (0.28, 0.38),
     Tissue.POSTERIOR_MARROW: (0.5, 0.66), Tissue.NERVE: (0.3, 0.4), Tissue.FLUID: (0.08, 0.16),
-    Tissue.SKIN: (0.3, 0.4), Tissue.KIDNEY: (0.28, 0.38),
+    Tissue.KIDNEY: (0.28, 0.38),
 }
 # texture amplitude per tissue: (fine grain over ~3 pixels, blotches over ~12 pixels)
 TEXTURE = {Tissue.MARROW: (0.12, 0.06), Tissue.POSTERIOR_MARROW: (0.1, 0.05), Tissue.BOWEL: (0.15, 0.55),

@@ -32,8 +32,7 @@ class Tissue(IntEnum):
     POSTERIOR_MARROW = 19  # marrow of pedicles, laminae and spinous processes
     NERVE = 20
     FLUID = 21  # bladder, bowel fluid
-    SKIN = 22
-    KIDNEY = 23
+    KIDNEY = 22
 
 
 NUM_TISSUES = len(Tissue)
