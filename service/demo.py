@@ -259,10 +259,11 @@ def run(args: argparse.Namespace) -> int:
     started = Started()
     stop_requested = False
 
-    def _on_sigterm(signum, _frame) -> None:
+    def _on_signal(signum, _frame) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # installed explicitly: a shell that starts the demo in the background leaves SIGINT ignored
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         model_dir = _ensure_model(args).resolve()
         redis_url = settings.redis_url
@@ -383,8 +384,11 @@ def run(args: argparse.Namespace) -> int:
             print(
                 "Stopping " + ", ".join(reversed(list(started.processes))) + ("..." if stop_requested else "")
             )
+        for sig in previous:  # a second Ctrl-C must not leave processes behind half-way through stopping
+            signal.signal(sig, signal.SIG_IGN)
         started.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _wait_until_delivered(pacs_dir: Path, started: Started, timeout_s: float = 60.0) -> int:
