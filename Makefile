@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcmtk dicom3tools redis-server
+APT_PACKAGES := dcmtk dicom3tools redis-server chromium openssl
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test lint venv system-packages bench clean
