@@ -125,7 +125,7 @@ class SpineModel:
         """
         y = np.asarray(y, dtype=np.float64)
         z = np.asarray(z, dtype=np.float64)
-        step = max(step, max(np.ptp(y), np.ptp(z)) / 200.0)  # a 48 cm localizer needs no 2 mm lookup
+        step = max(step, max(np.ptp(y), np.ptp(z)) / 120.0)  # a 48 cm localizer needs no 2 mm lookup
         y0, z0 = y.min() - step, z.min() - step
         ny = int(np.ceil((y.max() + step - y0) / step)) + 1
         nz = int(np.ceil((z.max() + step - z0) / step)) + 1
