@@ -31,7 +31,7 @@ from .findings import (
 )
 from .geometry import SliceStack, plan_axial, plan_localizer, plan_sagittal
 from .protocols import Protocol, axial_t2, localizer, sagittal_t1, sagittal_t2
-from .render import acquire, apply_texture, draw_contrast, partial_volume, resample, to_sitk
+from .render import acquire, apply_texture, draw_contrast, partial_volume_sample, resample, to_sitk
 from .spine import SpineModel, procedural_spine
 
 STREAMS = ("anatomy", "planning", "findings", "study", "sag_t2", "sag_t1", "ax_t2", "localizer", "texture", "report")
@@ -127,7 +127,7 @@ def _fine_grid(spine: SpineModel, stacks: list[SliceStack], config: SynthConfig)
     corners = np.concatenate([st.corners() for st in stacks])
     lo = corners.min(axis=0) - 2.0
     hi = corners.max(axis=0) + 2.0
-    dx = float(np.clip(min(st.thickness for st in stacks) / 3.0, 0.8, 1.67))  # three samples a slice
+    dx = float(np.clip(min(st.thickness for st in stacks) / 2.0, 0.8, 2.5))  # two samples across a slice
     dyz = config.render_spacing
     x = np.arange(lo[0], hi[0] + dx, dx, dtype=np.float32)
     y = np.arange(lo[1], hi[1] + dyz, dyz)
@@ -188,9 +188,7 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
         r = rng[name]
         protocol = sagittal_t2(r, stack.cols) if weighting == "T2" else sagittal_t1(r, stack.cols)
         contrast = draw_contrast(weighting, r)
-        fine = partial_volume(contrast.lut[canvas.tissue], stack.thickness, canvas.spacing[0])
-        image = resample(to_sitk(fine, canvas.origin, canvas.spacing), stack, sitk.sitkLinear)
-        del fine
+        image = partial_volume_sample(to_sitk(contrast.lut[canvas.tissue], canvas.origin, canvas.spacing), stack)
         sampled = resample(packed, stack, sitk.sitkNearestNeighbor)
         tissue = (sampled & 255).astype(np.uint8)
         image = apply_texture(image, tissue, contrast, rng["texture"])
