@@ -107,7 +107,7 @@ def _boundary(arr: np.ndarray, img: sitk.Image, width: int) -> np.ndarray:
     return edge
 
 
-@lru_cache(maxsize=6)
+@lru_cache(maxsize=48)  # all 40 masks: a few MB each once cropped to their labels
 def load_mask(path: str) -> SpiderMask:
     img = _crop_to_labels(_working_grid(sitk.ReadImage(path)))
     arr = sitk.GetArrayFromImage(img).astype(np.uint8)
