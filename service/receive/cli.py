@@ -14,12 +14,22 @@ import threading
 
 import redis
 
+from service.api import telemetry
 from service.assemble.actions import build_assembler
 from service.config import get_settings
+from service.receive.handlers import ReceiveCounters
 from service.receive.listener import start_listener
 from service.receive.spool import Spool
 
 LOG = logging.getLogger(__name__)
+METRICS_INTERVAL_S = 5.0
+
+
+def _publish_counts(client: redis.Redis, prefix: str, counters: ReceiveCounters) -> None:
+    """Adds the instances stored since the last call to /metrics' counter (best effort, like all metrics)."""
+    new = counters.take_new_instances()
+    if new:
+        telemetry.incr(client, prefix, telemetry.INSTANCES_RECEIVED, new, source="dicom")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
         build_assembler(settings, client).start(stop, settings.assembler_poll_s)
     print(f"lumbar-ai listen: {settings.ae_title} on port {listener.port}", flush=True)
     try:
-        stop.wait()
+        while not stop.wait(METRICS_INTERVAL_S):
+            if client is not None:
+                _publish_counts(client, settings.stream_prefix, listener.counters)
     finally:
+        if client is not None:
+            _publish_counts(client, settings.stream_prefix, listener.counters)
         LOG.info("stopping: %s", listener.counters)
         listener.stop()
         if client is not None:

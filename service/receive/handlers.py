@@ -40,6 +40,7 @@ class ReceiveCounters:
     ignored: int = 0
     bytes: int = 0
     refused: dict[int, int] = field(default_factory=dict)
+    _published: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, status: int, size: int = 0, duplicate: bool = False, ignored: bool = False) -> None:
@@ -51,6 +52,13 @@ class ReceiveCounters:
                 self.ignored += int(ignored)
             else:
                 self.refused[status] = self.refused.get(status, 0) + 1
+
+    def take_new_instances(self) -> int:
+        """New (non-duplicate) instances stored since the last call, for the cumulative Redis counter."""
+        with self._lock:
+            new = self.stored - self.duplicates - self._published
+            self._published += new
+            return new
 
 
 def parse_networks(values: Sequence[str]) -> list[Network]:
