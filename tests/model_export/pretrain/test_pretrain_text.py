@@ -61,7 +61,7 @@ def test_after_text_pretraining_the_real_encoder_keeps_anatomical_neighbourhood(
     """all-MiniLM-L6-v2, SimCSE on generated reports: L4/L5 disc stays nearer L5/S1 disc than T12 vertebra."""
     from model_export.pretrain.text_loop import TextPretrainConfig, pretrain_text
 
-    cfg = TextPretrainConfig(objective="simcse", embed_dim=64, steps=2, batch_size=3, max_length=48,
+    cfg = TextPretrainConfig(objective="simcse", embed_dim=64, steps=2, batch_size=2, max_length=32,
                              lr_backbone=5e-5)
     path = pretrain_text(report_studies, cfg, tmp_path, progress=False)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
