@@ -87,6 +87,7 @@ def _annotate(
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=max(12, picture.size[1] // 48))
     small = ImageFont.load_default(size=max(10, picture.size[1] // 60))
+    placed: list[tuple[float, float, float, float]] = []
     for level in result.levels:
         rows, cols = np.nonzero(labels == level.label)
         if rows.size == 0:
@@ -102,6 +103,10 @@ def _annotate(
         if box[2] > picture.size[0] and cols.min() * scale[0] > picture.size[0] - box[0]:
             x, anchor = (cols.min() - 2) * scale[0], "rm"
             box = draw.textbbox((x, y), text, font=font, anchor=anchor)
+        while any(_overlap(box, other) for other in placed):  # thin neighbouring levels
+            y -= box[3] - box[1] + 2  # levels come caudal first, so move the cranial one up
+            box = draw.textbbox((x, y), text, font=font, anchor=anchor)
+        placed.append(box)
         draw.rectangle(box, fill=(0, 0, 0))
         draw.text((x, y), text, font=font, anchor=anchor, fill=(255, 255, 0) if positives else (255, 255, 255))
     banner = [f"lumbar-ai - {context.model_name} {context.model_version} - AI result, not verified by a physician"]
@@ -113,6 +118,10 @@ def _annotate(
         draw.rectangle(box, fill=(0, 0, 0))
         draw.text((4, y), line, font=small, fill=(255, 255, 255))
         y = box[3] + 2
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def png_bytes(preview: Preview) -> bytes:
