@@ -52,8 +52,9 @@ def build_sr(
 ) -> Dataset:
     """The SR dataset; other_evidence lists further inputs of the model (the T1 series)."""
     sources = reference.source_datasets
-    # Each group names the source series once; the image library lists its images (a per-group list of
-    # every source image would multiply the SR's size and build time by the number of structures).
+    # Each group names the source series once, and every source image is listed in the evidence
+    # (Current Requested Procedure Evidence). A per-group list of every image, or a TID 1600 image
+    # library, would repeat the series in the content and cost highdicom about a second per study.
     source_series = hd.sr.SourceSeriesForSegmentation(reference.series_uid)
     groups = [
         _measurement_group(level, seg, source_series, ontology, context)
@@ -74,7 +75,6 @@ def build_sr(
             observation_context=hd.sr.ObservationContext(observer_device_context=device),
             procedure_reported=codes.SCT.ImagingProcedure,
             imaging_measurements=groups,
-            referenced_images=sources,
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*sources, seg.dataset, *other_evidence],
