@@ -73,14 +73,22 @@ def worker_model_dir(tmp_path_factory) -> Path:
             sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
     run = get_config("tiny")
     run = dataclasses.replace(
-        run, train=dataclasses.replace(run.train, steps=TRAIN_STEPS, lr=0.01, checkpoint_every=TRAIN_STEPS,
-                                       log_every=10, threads=1)
+        run,
+        train=dataclasses.replace(
+            run.train, steps=TRAIN_STEPS, lr=0.01, checkpoint_every=TRAIN_STEPS, log_every=10, threads=1
+        ),
     )
     checkpoint = train(root / "cases", run, root / "run", progress=False)
     labels = spine_labels(99)
     t2, t1 = spine_images(labels, 99)
-    parity = Case("bands", t2, t1, labels, frozenset(s.label for s in DEFAULT_ONTOLOGY.structures),
-                  pixel_spacing=(1.0, 1.0))
+    parity = Case(
+        "bands",
+        t2,
+        t1,
+        labels,
+        frozenset(s.label for s in DEFAULT_ONTOLOGY.structures),
+        pixel_spacing=(1.0, 1.0),
+    )
     out = root / "tiny-bands"
     export_model(checkpoint, out, parity_study=parity)
     return out
@@ -101,9 +109,15 @@ class SpooledStudy:
     sizes: list[tuple[str, int]]
 
 
-def write_study(folder: Path, seed: int = 0, shape: tuple[int, int, int] = STUDY_SHAPE,
-                transfer_syntax: str = "1.2.840.10008.1.2.1", with_t1: bool = True, with_t2: bool = True,
-                upsample: int = 1) -> dict[str, list[Path]]:
+def write_study(
+    folder: Path,
+    seed: int = 0,
+    shape: tuple[int, int, int] = STUDY_SHAPE,
+    transfer_syntax: str = "1.2.840.10008.1.2.1",
+    with_t1: bool = True,
+    with_t2: bool = True,
+    upsample: int = 1,
+) -> dict[str, list[Path]]:
     """A sagittal T2 and T1 study on one frame of reference, as DICOM files (series -> paths).
 
     upsample > 1 makes each pixel upsample x upsample smaller pixels: the same anatomy on a finer matrix.
@@ -112,20 +126,38 @@ def write_study(folder: Path, seed: int = 0, shape: tuple[int, int, int] = STUDY
     if upsample > 1:
         labels = np.repeat(np.repeat(labels, upsample, axis=1), upsample, axis=2)
     t2, t1 = spine_images(labels, seed)
-    study_uid = pydicom.uid.generate_uid(entropy_srcs=[f"worker-study-{seed}-{transfer_syntax}-{shape}-{upsample}"])
+    study_uid = pydicom.uid.generate_uid(
+        entropy_srcs=[f"worker-study-{seed}-{transfer_syntax}-{shape}-{upsample}"]
+    )
     frame_uid = pydicom.uid.generate_uid(entropy_srcs=[study_uid, "frame"])
     geometry = Geometry(pixel_spacing=(1.0 / upsample, 1.0 / upsample), slice_spacing=4.0)
     out: dict[str, list[Path]] = {}
     common = dict(study_uid=study_uid, frame_uid=frame_uid, transfer_syntax=transfer_syntax, seed=seed)
     if with_t2:
-        out["t2"] = write_series(folder / "t2", t2.astype(np.uint16), geometry, series_uid=
-                                 pydicom.uid.generate_uid(entropy_srcs=[study_uid, "t2"]), description="T2 SAG FSE",
-                                 series_number=2, repetition_time=3500.0, echo_time=100.0,
-                                 instance_order="shuffled", **common)
+        out["t2"] = write_series(
+            folder / "t2",
+            t2.astype(np.uint16),
+            geometry,
+            series_uid=pydicom.uid.generate_uid(entropy_srcs=[study_uid, "t2"]),
+            description="T2 SAG FSE",
+            series_number=2,
+            repetition_time=3500.0,
+            echo_time=100.0,
+            instance_order="shuffled",
+            **common,
+        )
     if with_t1:
-        out["t1"] = write_series(folder / "t1", t1.astype(np.uint16), geometry, series_uid=
-                                 pydicom.uid.generate_uid(entropy_srcs=[study_uid, "t1"]), description="T1 SAG TSE",
-                                 series_number=3, repetition_time=550.0, echo_time=12.0, **common)
+        out["t1"] = write_series(
+            folder / "t1",
+            t1.astype(np.uint16),
+            geometry,
+            series_uid=pydicom.uid.generate_uid(entropy_srcs=[study_uid, "t1"]),
+            description="T1 SAG TSE",
+            series_number=3,
+            repetition_time=550.0,
+            echo_time=12.0,
+            **common,
+        )
     return out
 
 
@@ -139,7 +171,11 @@ def spool_files(spool_dir: Path, series: dict[str, list[Path]]) -> SpooledStudy:
         for path in paths:
             data = path.read_bytes()
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            study_uid, series_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+            study_uid, series_uid, sop_uid = (
+                str(ds.StudyInstanceUID),
+                str(ds.SeriesInstanceUID),
+                str(ds.SOPInstanceUID),
+            )
             target = spool.instance_path(study_uid, series_uid, sop_uid)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -148,8 +184,9 @@ def spool_files(spool_dir: Path, series: dict[str, list[Path]]) -> SpooledStudy:
     return SpooledStudy(study_uid, uids.get("t2"), uids.get("t1"), sizes)
 
 
-def enqueue(settings: Settings, study: SpooledStudy, redis_client, t2: str | None = "auto",
-            t1: str | None = "auto") -> Job:
+def enqueue(
+    settings: Settings, study: SpooledStudy, redis_client, t2: str | None = "auto", t1: str | None = "auto"
+) -> Job:
     job = Job(
         job_id=make_job_id(study.study_uid, study.sizes),
         study_uid=study.study_uid,
@@ -163,8 +200,9 @@ def enqueue(settings: Settings, study: SpooledStudy, redis_client, t2: str | Non
     return job
 
 
-def make_settings(redis_url: str, data_dir: Path, model_dir: Path, pacs_port: int | None = None,
-                  **overrides) -> Settings:
+def make_settings(
+    redis_url: str, data_dir: Path, model_dir: Path, pacs_port: int | None = None, **overrides
+) -> Settings:
     values = dict(
         redis_url=redis_url,
         data_dir=data_dir,
@@ -187,9 +225,24 @@ def settings_env(settings: Settings) -> dict[str, str]:
     import json
 
     env = {}
-    for name in ("redis_url", "data_dir", "stream_prefix", "model_dir", "intra_op_threads", "deliver_backoff_s",
-                 "deliver_backoff_cap_s", "deliver_timeout_s", "worker_heartbeat_s", "visibility_timeout_s",
-                 "max_attempts", "fsync", "ae_title", "listen_port", "quiet_period_s", "require_called_aet"):
+    for name in (
+        "redis_url",
+        "data_dir",
+        "stream_prefix",
+        "model_dir",
+        "intra_op_threads",
+        "deliver_backoff_s",
+        "deliver_backoff_cap_s",
+        "deliver_timeout_s",
+        "worker_heartbeat_s",
+        "visibility_timeout_s",
+        "max_attempts",
+        "fsync",
+        "ae_title",
+        "listen_port",
+        "quiet_period_s",
+        "require_called_aet",
+    ):
         value = getattr(settings, name)
         env[f"LUMBAR_AI_{name.upper()}"] = json.dumps(value) if isinstance(value, bool) else str(value)
     env["LUMBAR_AI_DESTINATIONS"] = json.dumps([d.model_dump() for d in settings.destinations])

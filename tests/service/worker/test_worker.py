@@ -57,23 +57,37 @@ def test_job_becomes_results_on_disk_state_done_and_a_queued_delivery(settings, 
     assert outcome is not None and outcome.state == StudyState.DONE, outcome
     record = StudyStore(client, settings.stream_prefix).get(study.study_uid)
     assert record.state == StudyState.DONE and record.error is None and record.attempts == 1
-    assert {"decode", "resample", "image_encoder", "fusion_head", "postprocess", "seg", "sr", "preview",
-            "write", "total"} <= set(record.timings)
+    assert {
+        "decode",
+        "resample",
+        "image_encoder",
+        "fusion_head",
+        "postprocess",
+        "seg",
+        "sr",
+        "preview",
+        "write",
+        "total",
+    } <= set(record.timings)
     folder = settings.results_dir / study.study_uid
     assert sorted(p.name for p in folder.iterdir()) == RESULT_FILES
     assert record.results["seg"] == str((folder / "seg.dcm").resolve())
     report = json.loads((folder / "report.json").read_text())
     assert report["job_id"] == job.job_id and report["model"]["trained_on_synthetic_data"] is True
-    assert report["series"] == {"t2": study.t2_series_uid, "t1": study.t1_series_uid,
-                                "reference": study.t2_series_uid}
+    assert report["series"] == {
+        "t2": study.t2_series_uid,
+        "t1": study.t1_series_uid,
+        "reference": study.t2_series_uid,
+    }
     assert report["levels"], "the model found no structure"
     queue = JobQueue(client, settings)
     assert queue.job_status(job.job_id) == "done" and queue.depth() == 0
     assert Outbox(client, settings).waiting() == 1
 
 
-def test_seg_labels_equal_the_onnx_only_inference_after_postprocessing(settings, worker, client, onnx_model,
-                                                                      tmp_path):
+def test_seg_labels_equal_the_onnx_only_inference_after_postprocessing(
+    settings, worker, client, onnx_model, tmp_path
+):
     files = write_study(tmp_path / "study", seed=3)
     study = spool_files(settings.spool_dir, files)
     enqueue(settings, study, client)
@@ -81,15 +95,17 @@ def test_seg_labels_equal_the_onnx_only_inference_after_postprocessing(settings,
 
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
-    expected = postprocess(prediction.labels, prediction.finding_probs, onnx_model.ontology,
-                           onnx_model.finding_thresholds, t2)
+    expected = postprocess(
+        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2
+    )
     got = seg_labels(settings.results_dir / study.study_uid / "seg.dcm", t2, onnx_model.ontology)
     assert expected.labels.any()
     np.testing.assert_array_equal(got, expected.labels)
 
 
-def test_study_without_its_series_fails_with_the_reason_while_the_next_study_is_done(settings, worker, client,
-                                                                                     tmp_path):
+def test_study_without_its_series_fails_with_the_reason_while_the_next_study_is_done(
+    settings, worker, client, tmp_path
+):
     broken = spool_files(settings.spool_dir, write_study(tmp_path / "a", seed=1, with_t1=False))
     enqueue(settings, broken, client, t2="1.2.3.999", t1=None)
     good = spool_files(settings.spool_dir, write_study(tmp_path / "b", seed=2))
@@ -137,8 +153,9 @@ def test_one_sagittal_series_alone_is_processed_with_a_warning(settings, worker,
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == reference_uid
 
 
-def test_jpeg2000_study_gives_the_same_result_as_the_uncompressed_one(settings, worker, client, onnx_model,
-                                                                      tmp_path):
+def test_jpeg2000_study_gives_the_same_result_as_the_uncompressed_one(
+    settings, worker, client, onnx_model, tmp_path
+):
     shape = (5, 64, 64)
     plain = write_study(tmp_path / "plain", seed=5, shape=shape)
     packed = write_study(tmp_path / "packed", seed=5, shape=shape, transfer_syntax=JPEG2000Lossless)
@@ -147,15 +164,20 @@ def test_jpeg2000_study_gives_the_same_result_as_the_uncompressed_one(settings, 
     for study in studies:
         enqueue(settings, study, client)
         assert worker.run_once(block_ms=100).state == StudyState.DONE
-    labels = [seg_labels(settings.results_dir / s.study_uid / "seg.dcm", load_series(f["t2"]), onnx_model.ontology)
-              for s, f in zip(studies, (plain, packed), strict=True)]
+    labels = [
+        seg_labels(settings.results_dir / s.study_uid / "seg.dcm", load_series(f["t2"]), onnx_model.ontology)
+        for s, f in zip(studies, (plain, packed), strict=True)
+    ]
     np.testing.assert_array_equal(labels[0], labels[1])
     reports = [json.loads((settings.results_dir / s.study_uid / "report.json").read_text()) for s in studies]
-    assert [lv["volume_mm3"] for lv in reports[0]["levels"]] == [lv["volume_mm3"] for lv in reports[1]["levels"]]
+    assert [lv["volume_mm3"] for lv in reports[0]["levels"]] == [
+        lv["volume_mm3"] for lv in reports[1]["levels"]
+    ]
 
 
-def test_a_retried_job_writes_the_same_sop_instance_uids_and_queues_one_delivery(settings, worker, client,
-                                                                                 tmp_path):
+def test_a_retried_job_writes_the_same_sop_instance_uids_and_queues_one_delivery(
+    settings, worker, client, tmp_path
+):
     study = spool_files(settings.spool_dir, write_study(tmp_path / "study", seed=6))
     job = enqueue(settings, study, client)
     assert worker.run_once(block_ms=100).state == StudyState.DONE

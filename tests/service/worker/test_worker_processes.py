@@ -29,8 +29,13 @@ SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "
 
 def start(settings, *args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, **settings_env(settings)}
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -54,28 +59,39 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05)
 
 
 def test_worker_killed_mid_job_is_reclaimed_and_the_pacs_gets_one_seg_and_one_sr(
-        redis_url, tmp_path, worker_model_dir):
+    redis_url, tmp_path, worker_model_dir
+):
     pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
-    settings = make_settings(redis_url, tmp_path / "data", worker_model_dir, pacs_port=pacs.port,
-                             visibility_timeout_s=3.0)
+    settings = make_settings(
+        redis_url, tmp_path / "data", worker_model_dir, pacs_port=pacs.port, visibility_timeout_s=3.0
+    )
     client = redis.Redis.from_url(settings.redis_url)
     store = StudyStore(client, settings.stream_prefix)
     # A finer matrix and more slices, so that the job takes long enough to be killed in the middle.
-    study = spool_files(settings.spool_dir, write_study(tmp_path / "study", seed=8, shape=(15, 64, 64), upsample=4))
+    study = spool_files(
+        settings.spool_dir, write_study(tmp_path / "study", seed=8, shape=(15, 64, 64), upsample=4)
+    )
     log = tmp_path / "worker.log"
     first = start(settings, "worker", "--name", "first", log=log)
     second = None
     try:
         enqueue(settings, study, client)
-        wait_until(lambda: store.get(study.study_uid).state == StudyState.PROCESSING, 60, "the first worker",
-                   interval_s=0.005)
+        wait_until(
+            lambda: store.get(study.study_uid).state == StudyState.PROCESSING,
+            60,
+            "the first worker",
+            interval_s=0.005,
+        )
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert store.get(study.study_uid).state == StudyState.PROCESSING  # killed before it could finish
 
         second = start(settings, "worker", "--name", "second", log=log)
-        record = wait_until(lambda: (r := store.get(study.study_uid)).state == StudyState.DONE and r, 60,
-                            "the job to be reclaimed and finished")
+        record = wait_until(
+            lambda: (r := store.get(study.study_uid)).state == StudyState.DONE and r,
+            60,
+            "the job to be reclaimed and finished",
+        )
         received = pacs.wait_for(3, timeout_s=30)
     finally:
         if second is not None:
@@ -87,8 +103,10 @@ def test_worker_killed_mid_job_is_reclaimed_and_the_pacs_gets_one_seg_and_one_sr
     folder = settings.results_dir / study.study_uid
     import pydicom
 
-    on_disk = {str(pydicom.dcmread(folder / n, stop_before_pixels=True).SOPInstanceUID)
-               for n in ("seg.dcm", "sr.dcm", "preview.dcm")}
+    on_disk = {
+        str(pydicom.dcmread(folder / n, stop_before_pixels=True).SOPInstanceUID)
+        for n in ("seg.dcm", "sr.dcm", "preview.dcm")
+    }
     assert {str(ds.SOPInstanceUID) for ds in received} == on_disk
 
 
@@ -109,8 +127,15 @@ def test_sigterm_stops_an_idle_worker_cleanly(redis_url, tmp_path, worker_model_
 def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, worker_model_dir, onnx_model):
     storescu = require_tool("storescu")
     pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
-    settings = make_settings(redis_url, tmp_path / "data", worker_model_dir, pacs_port=pacs.port,
-                             listen_port=free_port(), quiet_period_s=1.0, require_called_aet=True)
+    settings = make_settings(
+        redis_url,
+        tmp_path / "data",
+        worker_model_dir,
+        pacs_port=pacs.port,
+        listen_port=free_port(),
+        quiet_period_s=1.0,
+        require_called_aet=True,
+    )
     client = redis.Redis.from_url(settings.redis_url)
     files = write_study(tmp_path / "study", seed=9)
     log = tmp_path / "services.log"
@@ -119,8 +144,12 @@ def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, 
     try:
         wait_until(lambda: _accepts(settings.listen_port), 60, "the listener")
         paths = [str(p) for series in files.values() for p in series]
-        sent = subprocess.run([storescu, "-aec", settings.ae_title, "127.0.0.1", str(settings.listen_port), *paths],
-                              capture_output=True, text=True, timeout=60)
+        sent = subprocess.run(
+            [storescu, "-aec", settings.ae_title, "127.0.0.1", str(settings.listen_port), *paths],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         received = pacs.wait_for(3, timeout_s=90)
     finally:
@@ -133,8 +162,9 @@ def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, 
 
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
-    expected = postprocess(prediction.labels, prediction.finding_probs, onnx_model.ontology,
-                           onnx_model.finding_thresholds, t2)
+    expected = postprocess(
+        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2
+    )
     seg_file = next(p for p in pacs.folder.iterdir() if _sop_class(p) == SEG)
     np.testing.assert_array_equal(seg_labels(seg_file, t2, onnx_model.ontology), expected.labels)
 
