@@ -60,8 +60,11 @@ def test_disc_height_of_a_tilted_disc_is_measured_across_the_local_axis():
     angle = np.deg2rad(25.0)  # lordosis: the whole stack is rotated in the sagittal plane
     along = (rr - 100) * np.cos(angle) + (cc - 70) * np.sin(angle)
     across = -(rr - 100) * np.sin(angle) + (cc - 70) * np.cos(angle)
-    bands = [(-30, -10, ONT.by_level("L4", "vertebra").label), (-10, 0, ONT.by_level("L4/L5", "disc").label),
-             (0, 20, ONT.by_level("L5", "vertebra").label)]
+    bands = [
+        (-30, -10, ONT.by_level("L4", "vertebra").label),
+        (-10, 0, ONT.by_level("L4/L5", "disc").label),
+        (0, 20, ONT.by_level("L5", "vertebra").label),
+    ]
     for lo, hi, label in bands:
         labels[1:4][:, (along >= lo) & (along < hi) & (np.abs(across) < 20)] = label
     g = grid()
@@ -137,7 +140,12 @@ def test_findings_use_card_thresholds_and_only_the_findings_of_the_site():
     disc = ONT.by_level("L4/L5", "disc").label
     vertebra = ONT.by_level("L4", "vertebra").label
     probs = {
-        disc: {"disc_bulging": 0.7, "disc_protrusion": 0.2, "schmorl_node": 0.55, "vertebral_degeneration": 0.99},
+        disc: {
+            "disc_bulging": 0.7,
+            "disc_protrusion": 0.2,
+            "schmorl_node": 0.55,
+            "vertebral_degeneration": 0.99,
+        },
         vertebra: {"vertebral_degeneration": 0.3, "disc_extrusion": 0.99},
     }
     thresholds = {"disc_bulging": 0.6, "schmorl_node": 0.6, "vertebral_degeneration": 0.25}
