@@ -64,7 +64,11 @@ class Settings(BaseSettings):
 
     # ④ infer
     model_dir: Path = Path("models/demo")
-    onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    onnx_providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    """ONNX Runtime execution providers in order of preference; those this onnxruntime lacks are skipped
+    (CPU is always the last resort). TensorRT is opt-in: put "TensorrtExecutionProvider" first."""
     intra_op_threads: int = Field(0, ge=0)
     """ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose."""
     inter_op_threads: int = Field(1, ge=1)
