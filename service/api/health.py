@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api import telemetry
+from service import telemetry
 from service.api.auth import bearer_scheme, require_api_key
 from service.api.deps import RedisDep, SettingsDep
 from service.api.schemas import Health

@@ -1,7 +1,7 @@
 """GET /metrics: a Prometheus collector that reads the whole service's state from Redis at scrape time.
 
 Nothing here counts on its own: the listener, workers and API write counters, histograms and heartbeats
-into Redis (``service.api.telemetry``), and study states and the queue are in Redis already. One scrape of
+into Redis (``service.telemetry``), and study states and the queue are in Redis already. One scrape of
 any API replica therefore shows the whole deployment, however many listeners and workers it has.
 """
 
@@ -19,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from service import __version__ as service_version
-from service.api import telemetry
+from service import telemetry
 from service.deliver.outbox import Outbox
 from service.queue.keys import Keys
 from service.queue.state import StudyState

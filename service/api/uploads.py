@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from service.api import telemetry
+from service import telemetry
 from service.errors import InvalidUIDError, ReceiveError, SpoolFullError, UndecodableDatasetError
 from service.receive.spool import Spool, StoredInstance
 

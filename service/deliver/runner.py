@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from service.api import telemetry
+from service import telemetry
 from service.config import Settings, get_settings
 from service.deliver.outbox import ClaimedTask, Outbox
 from service.deliver.scu import describe, send_files, tls_context

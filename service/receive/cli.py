@@ -14,7 +14,7 @@ import threading
 
 import redis
 
-from service.api import telemetry
+from service import telemetry
 from service.assemble.actions import build_assembler
 from service.config import get_settings
 from service.receive.handlers import ReceiveCounters

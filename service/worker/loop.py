@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from service.api import telemetry
+from service import telemetry
 from service.config import Settings
 from service.deliver.outbox import Outbox
 from service.encode.results import DICOM_KINDS

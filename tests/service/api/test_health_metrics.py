@@ -8,7 +8,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.api import telemetry
+from service import telemetry
 from service.api.app import create_app
 from service.config import Settings
 from service.queue.state import StudyState, StudyStore

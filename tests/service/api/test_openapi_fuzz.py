@@ -21,7 +21,7 @@ from hypothesis.errors import Unsatisfiable
 from pydicom.uid import generate_uid
 from schemathesis import GenerationMode
 
-from service.api import telemetry
+from service import telemetry
 from service.api.app import create_app
 from service.config import Settings
 from service.queue.state import StudyState

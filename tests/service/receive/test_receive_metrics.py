@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from service.api import telemetry
+from service import telemetry
 from service.receive.cli import _publish_counts
 from service.receive.handlers import SUCCESS, ReceiveCounters
 
