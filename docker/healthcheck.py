@@ -33,7 +33,7 @@ def check_tcp() -> str:
 def check_worker() -> str:
     import redis
 
-    from service.api import telemetry
+    from service import telemetry
     from service.config import Settings
 
     settings = Settings()

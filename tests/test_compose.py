@@ -223,7 +223,7 @@ def test_healthcheck_http_and_tcp_against_live_servers(tmp_path: Path, redis_url
 def test_healthcheck_worker_wants_a_heartbeat_from_its_own_host(redis_url: str) -> None:
     import redis
 
-    from service.api import telemetry
+    from service import telemetry
 
     prefix = f"hc-test-{uuid.uuid4().hex[:8]}"  # other runs may share this Redis database
     env = {"LUMBAR_AI_REDIS_URL": redis_url, "LUMBAR_AI_STREAM_PREFIX": prefix}
