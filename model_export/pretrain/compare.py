@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT_RUN = RunConfig(
     "pretrain-comparison",
     ModelConfig(encoder="pico-mini", input_size=128, decoder_width=32, feat_dim=16, embed_dim=64),
-    TrainConfig(steps=250, lr=2e-3, warmup_steps=20, slices_per_step=6, checkpoint_every=10_000,
+    TrainConfig(steps=600, lr=2e-3, warmup_steps=20, slices_per_step=6, checkpoint_every=10_000,
                 validation_cases=4),
 )
 """Small enough for 2 shared CPU cores; the arms differ only in their initial weights."""
