@@ -8,7 +8,7 @@ postprocess, SEG, SR, preview, write) plus one C-STORE of the three DICOM result
 (delivery). Throughput runs real ``lumbar-ai worker`` processes against Redis on --studies copies of the
 study: 1 worker with --threads ONNX Runtime threads, then 2 workers with half as many each (the same
 cores). Printed as ratios: per-study time against the 5 s target, 2 workers against 1, and, when the
-model bench's JSON (bench/bench_model.py --json) or the model card has them, ONNX Runtime against torch.
+model bench's JSON is given (bench/bench_model.py --json), ONNX Runtime against torch.
 """
 
 from __future__ import annotations
