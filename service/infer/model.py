@@ -146,6 +146,11 @@ class OnnxModel:
         self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
 
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the sessions actually run on (unavailable ones were skipped at load)."""
+        return sorted({p for graph in self.graphs.values() for p in graph.session.get_providers()})
+
     @classmethod
     def load(cls, model_dir: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
              inter_op_threads: int = 1) -> OnnxModel:

@@ -29,10 +29,8 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     model_dir = args.model_dir or settings.model_dir
     model = OnnxModel.load(model_dir, settings.onnx_providers, settings.intra_op_threads, settings.inter_op_threads)
-    providers = sorted({p for g in model.graphs.values() for p in g.session.get_providers()})
-    model.providers = providers  # type: ignore[attr-defined]
     log.info("model %s %s loaded from %s (providers: %s)", model.card.get("name"), model.version, model_dir,
-             ", ".join(providers))
+             ", ".join(model.providers))
     worker = Worker(settings, model, name=args.name)
     stop = threading.Event()
 

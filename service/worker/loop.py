@@ -133,7 +133,7 @@ class Worker:
 
     def _heartbeat(self, stop: threading.Event) -> None:
         card = self.model.card
-        providers = list(getattr(self.model, "providers", None) or self.settings.onnx_providers)
+        providers = self.model.providers
         while not stop.is_set():
             telemetry.heartbeat(self.redis, self.settings.stream_prefix, self.name, str(card.get("name", "")),
                                 str(card.get("version", "")), providers)
