@@ -16,6 +16,7 @@ from .spine import Segment, SpineModel
 from .tissues import Tissue
 
 CORTEX_MM = 1.3
+SOFT_TISSUE_X_STEP_MM = 4.0
 
 
 def half_depth_at(spine: SpineModel, s: np.ndarray) -> np.ndarray:
@@ -46,12 +47,13 @@ def body_axis_y(spine: SpineModel, z: np.ndarray) -> np.ndarray:
 def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
     """Skin-to-skin body: subcutaneous fat, back muscles, psoas, kidneys, abdomen or lung, vessels.
 
-    On a volume canvas the soft tissue is evaluated on every third left-right plane and repeated: its
-    boundaries across x are smooth on the scale of a 3-5 mm slice, and this is the costliest painter.
+    On a volume canvas the soft tissue is evaluated on left-right planes about 4 mm apart and repeated
+    between them: its boundaries across x are smooth on the scale of a 3-5 mm slice, and this is the
+    costliest painter.
     """
     r = canvas.everything()
-    if isinstance(canvas, VolumeCanvas) and canvas.spacing[0] < 2.0:
-        k = max(1, int(round(2.4 / canvas.spacing[0])))
+    k = max(1, int(round(SOFT_TISSUE_X_STEP_MM / canvas.spacing[0]))) if isinstance(canvas, VolumeCanvas) else 1
+    if k > 1:
         xs = r.x[:, :, ::k] + np.float32(canvas.spacing[0] * (k - 1) / 2)
         coarse = _soft_tissue(spine, r.s, r.t, xs, r.y, r.z)
         r.fill(np.repeat(coarse, k, axis=2)[:, :, : r.x.shape[2]])

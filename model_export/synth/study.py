@@ -188,7 +188,7 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
         r = rng[name]
         protocol = sagittal_t2(r, stack.cols) if weighting == "T2" else sagittal_t1(r, stack.cols)
         contrast = draw_contrast(weighting, r)
-        image = partial_volume_sample(to_sitk(contrast.lut[canvas.tissue], canvas.origin, canvas.spacing), stack)
+        image = partial_volume_sample(contrast.lut[canvas.tissue], canvas.origin, canvas.spacing, stack)
         sampled = resample(packed, stack, sitk.sitkNearestNeighbor)
         tissue = (sampled & 255).astype(np.uint8)
         image = apply_texture(image, tissue, contrast, rng["texture"])
