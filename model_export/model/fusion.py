@@ -33,7 +33,8 @@ class FusionHead(nn.Module):
         self.controller = nn.Sequential(nn.GELU(), nn.Linear(controller_width, controller_width), nn.GELU(),
                                         nn.Linear(controller_width, n_params))
         nn.init.normal_(self.controller[-1].weight, std=0.02)
-        nn.init.zeros_(self.controller[-1].bias)
+        with torch.no_grad():  # every class starts from one working head; the embeddings move it apart
+            self.controller[-1].bias.copy_(self._initial_head())
         self.background = nn.Conv2d(c, 1, 1)
         self.pixel_proj = nn.Conv2d(c, finding_dim, 1)
         self.finding_mlp = nn.Sequential(nn.Linear(embed_dim, 64), nn.GELU(), nn.Linear(64, finding_dim + 1))
@@ -49,6 +50,18 @@ class FusionHead(nn.Module):
         h = F.gelu(torch.einsum("bkchw,bkdc->bkdhw", h, w2) + b2[..., None, None])
         logits = torch.einsum("bkchw,bkc->bkhw", h, w3) + b3[..., None, None]
         return torch.cat([self.background(features), logits], dim=1)
+
+    def _initial_head(self) -> torch.Tensor:
+        """Flat parameters of a He-initialised head (biases zero).
+
+        A hypernetwork whose outputs start near zero generates heads whose gradients are products of
+        near-zero weights: the class heads barely train and the static background wins everywhere.
+        """
+        c, d = self.shapes[0][1], self.shapes[0][0]
+        w1, w2, w3 = (torch.randn(n) * math.sqrt(gain / fan_in) for n, fan_in, gain in
+                      ((d * c, c, 2.0), (d * d, d, 2.0), (d, d, 1.0)))
+        parts = [w1, torch.zeros(d), w2, torch.zeros(d), w3, torch.zeros(1)]
+        return torch.cat(parts)
 
     def _split(self, params: torch.Tensor) -> list[torch.Tensor]:
         out, start = [], 0
