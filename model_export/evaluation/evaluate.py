@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from model_export.data import Case
-from model_export.evaluation.metrics import DEFINITIONS, Counts, overlap_per_structure
+from model_export.evaluation.metrics import DEFINITIONS, Counts, kind_map, overlap_per_structure
 from model_export.evaluation.stats import paired_comparison
 from service.errors import ConfigError
 from service.ontology import Ontology
@@ -42,6 +42,7 @@ class ModelResult:
     per_structure: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     findings: dict[str, Counts] = field(default_factory=dict)
     seconds_per_case: list[float] = field(default_factory=list)
+    case_kind_miou: list[float] = field(default_factory=list)
 
 
 def load_predictor(path: Path, name: str | None = None) -> Predictor:
@@ -84,6 +85,8 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
     result = ModelResult(predictor.name, predictor.kind)
     result.findings = {f.key: Counts() for f in ontology.findings}
     labels = [s.label for s in ontology.structures]
+    kinds = sorted({s.kind for s in ontology.structures})
+    kind_of_label = {s.label: kinds.index(s.kind) + 1 for s in ontology.structures}
     for case in cases:
         started = time.perf_counter()
         pred_labels, probs = predictor.run(case)
@@ -92,6 +95,9 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         result.case_names.append(case.name)
         result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
         result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
+        kind_scores = overlap_per_structure(kind_map(pred_labels, kind_of_label), kind_map(case.labels, kind_of_label),
+                                            sorted({kind_of_label[x] for x in labels if x in case.labelled}))
+        result.case_kind_miou.append(float(np.mean([iou for _, iou in kind_scores.values()])) if kind_scores else 0.0)
         for label, pair in scores.items():
             result.per_structure.setdefault(label, []).append(pair)
         if probs is None:
@@ -127,10 +133,12 @@ def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:
         models.append({
             "name": r.name, "kind": r.kind, "cases": len(r.case_names),
             "miou": float(np.mean(r.case_miou)), "miou_sd": float(np.std(r.case_miou, ddof=1)) if len(r.case_miou) > 1 else 0.0,
+            "kind_miou": float(np.mean(r.case_kind_miou)) if r.case_kind_miou else None,
             "dice": float(np.mean(r.case_dice)), "dice_sd": float(np.std(r.case_dice, ddof=1)) if len(r.case_dice) > 1 else 0.0,
             "per_structure": per_structure, "findings": findings,
             "seconds_per_case": float(np.mean(r.seconds_per_case)) if r.seconds_per_case else None,
-            "per_case": {"names": r.case_names, "miou": r.case_miou, "dice": r.case_dice},
+            "per_case": {"names": r.case_names, "miou": r.case_miou, "dice": r.case_dice,
+                         "kind_miou": r.case_kind_miou},
         })
     reference = results[0]
     comparisons = [{"reference": reference.name, "other": other.name,

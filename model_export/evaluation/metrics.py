@@ -17,6 +17,8 @@ DEFINITIONS = {
     "iou": "|P∩T| / |P∪T| per structure per case; skipped when both empty",
     "case_miou": "mean IoU over the structures defined in that case",
     "miou": "mean over cases of case_miou, with the SD over cases",
+    "kind_miou": "as miou, over three classes (sacrum, any vertebra, any disc) with the level ignored: how well "
+                 "the model outlines structures, apart from naming their level",
     "findings": "one decision per (case, level, finding) stated by the truth; recall = TP/(TP+FN), "
                 "precision = TP/(TP+FP), FPR = FP/(FP+TN)",
 }
@@ -81,3 +83,11 @@ def best_f1_threshold(probs: np.ndarray, actual: np.ndarray, default: float = 0.
         if f1 > best_f1:
             best, best_f1 = float(t), f1
     return best
+
+
+def kind_map(labels: np.ndarray, kind_of_label: dict[int, int]) -> np.ndarray:
+    """Labels replaced by their structure kind's index (see DEFINITIONS["kind_miou"]); background stays 0."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for label, kind in kind_of_label.items():
+        lut[label] = kind
+    return lut[labels]

@@ -15,10 +15,12 @@ def markdown(summary: dict[str, Any]) -> str:
     models = summary["models"]
     lines = ["# Evaluation", "", "Definitions:", ""]
     lines += [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]
-    lines += ["", "## Segmentation", "", "| model | kind | cases | mIoU (SD) | Dice (SD) | s/case |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Segmentation", "", "| model | kind | cases | mIoU (SD) | Dice (SD) | level-free mIoU | s/case |",
+              "|---|---|---|---|---|---|---|"]
     for m in models:
         lines.append(f"| {m['name']} | {m['kind']} | {m['cases']} | {_f(m['miou'])} ({_f(m['miou_sd'])}) | "
-                     f"{_f(m['dice'])} ({_f(m['dice_sd'])}) | {_f(m['seconds_per_case'], 2)} |")
+                     f"{_f(m['dice'])} ({_f(m['dice_sd'])}) | {_f(m.get('kind_miou'))} | "
+                     f"{_f(m['seconds_per_case'], 2)} |")
     lines += ["", "## Per structure (Dice / IoU, mean over cases where defined)", "",
               "| structure | " + " | ".join(m["name"] for m in models) + " |",
               "|---|" + "---|" * len(models)]

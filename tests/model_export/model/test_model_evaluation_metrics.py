@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_export.evaluation.evaluate import ModelResult, summarise
-from model_export.evaluation.metrics import Counts, best_f1_threshold, overlap_per_structure
+from model_export.evaluation.metrics import Counts, best_f1_threshold, kind_map, overlap_per_structure
 from model_export.evaluation.report import markdown
 from model_export.evaluation.stats import paired_comparison
 from service.ontology import DEFAULT_ONTOLOGY
@@ -65,3 +65,18 @@ def test_summary_has_mean_and_sd_over_cases_and_a_table_per_structure():
     assert summary["comparisons"][0]["miou"]["mean_difference"] == pytest.approx(0.1)
     text = markdown(summary)
     assert "| Sacrum |" in text and "Wilcoxon" in text and "per case" in text
+
+
+def test_kind_map_ignores_the_level_so_a_vertebra_named_one_level_off_still_counts_as_vertebra():
+    ontology = DEFAULT_ONTOLOGY
+    kinds = sorted({s.kind for s in ontology.structures})
+    kind_of_label = {s.label: kinds.index(s.kind) + 1 for s in ontology.structures}
+    l4, l3 = ontology.by_level("L4", "vertebra").label, ontology.by_level("L3", "vertebra").label
+    truth = np.zeros((1, 4, 4), np.uint8)
+    truth[0, :2] = l4
+    pred = np.zeros_like(truth)
+    pred[0, :2] = l3
+    assert overlap_per_structure(pred, truth, [l3, l4]) == {l3: (0.0, 0.0), l4: (0.0, 0.0)}
+    vertebra = kinds.index("vertebra") + 1
+    kind_scores = overlap_per_structure(kind_map(pred, kind_of_label), kind_map(truth, kind_of_label), [vertebra])
+    assert kind_scores == {vertebra: (1.0, 1.0)}
