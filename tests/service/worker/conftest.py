@@ -75,7 +75,7 @@ def worker_model_dir(tmp_path_factory) -> Path:
     run = dataclasses.replace(
         run,
         train=dataclasses.replace(
-            run.train, steps=TRAIN_STEPS, lr=0.01, checkpoint_every=TRAIN_STEPS, log_every=10, threads=1
+            run.train, steps=TRAIN_STEPS, lr=0.003, checkpoint_every=TRAIN_STEPS, log_every=10, threads=1
         ),
     )
     checkpoint = train(root / "cases", run, root / "run", progress=False)
