@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from model_export.data import Case
-from model_export.evaluation.metrics import DEFINITIONS, Counts, kind_map, overlap_per_structure
+from model_export.evaluation.metrics import (
+    DEFINITIONS,
+    Counts,
+    kind_map,
+    kind_of_label,
+    overlap_per_structure,
+)
 from model_export.evaluation.stats import paired_comparison
 from service.errors import ConfigError
 from service.ontology import Ontology
@@ -85,8 +91,7 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
     result = ModelResult(predictor.name, predictor.kind)
     result.findings = {f.key: Counts() for f in ontology.findings}
     labels = [s.label for s in ontology.structures]
-    kinds = sorted({s.kind for s in ontology.structures})
-    kind_of_label = {s.label: kinds.index(s.kind) + 1 for s in ontology.structures}
+    kinds = kind_of_label(ontology)
     for case in cases:
         started = time.perf_counter()
         pred_labels, probs = predictor.run(case)
@@ -95,8 +100,8 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         result.case_names.append(case.name)
         result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
         result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
-        kind_scores = overlap_per_structure(kind_map(pred_labels, kind_of_label), kind_map(case.labels, kind_of_label),
-                                            sorted({kind_of_label[x] for x in labels if x in case.labelled}))
+        kind_scores = overlap_per_structure(kind_map(pred_labels, kinds), kind_map(case.labels, kinds),
+                                            sorted({kinds[x] for x in labels if x in case.labelled}))
         result.case_kind_miou.append(float(np.mean([iou for _, iou in kind_scores.values()])) if kind_scores else 0.0)
         for label, pair in scores.items():
             result.per_structure.setdefault(label, []).append(pair)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.ontology import Ontology
+
 DEFINITIONS = {
     "dice": "2|P∩T| / (|P|+|T|) per structure per case on the acquisition grid; skipped when both empty",
     "iou": "|P∩T| / |P∪T| per structure per case; skipped when both empty",
@@ -85,9 +87,15 @@ def best_f1_threshold(probs: np.ndarray, actual: np.ndarray, default: float = 0.
     return best
 
 
-def kind_map(labels: np.ndarray, kind_of_label: dict[int, int]) -> np.ndarray:
-    """Labels replaced by their structure kind's index (see DEFINITIONS["kind_miou"]); background stays 0."""
+def kind_of_label(ontology: Ontology) -> dict[int, int]:
+    """Structure label -> 1-based index of its kind (sacrum, vertebra, disc), for DEFINITIONS["kind_miou"]."""
+    kinds = sorted({s.kind for s in ontology.structures})
+    return {s.label: kinds.index(s.kind) + 1 for s in ontology.structures}
+
+
+def kind_map(labels: np.ndarray, kinds: dict[int, int]) -> np.ndarray:
+    """Labels replaced by their kind index from :func:`kind_of_label`; background stays 0."""
     lut = np.zeros(256, dtype=np.uint8)
-    for label, kind in kind_of_label.items():
+    for label, kind in kinds.items():
         lut[label] = kind
     return lut[labels]

@@ -60,8 +60,7 @@ class FusionHead(nn.Module):
         c, d = self.shapes[0][1], self.shapes[0][0]
         w1, w2, w3 = (torch.randn(n) * math.sqrt(gain / fan_in) for n, fan_in, gain in
                       ((d * c, c, 2.0), (d * d, d, 2.0), (d, d, 1.0)))
-        parts = [w1, torch.zeros(d), w2, torch.zeros(d), w3, torch.zeros(1)]
-        return torch.cat(parts)
+        return torch.cat([w1, torch.zeros(d), w2, torch.zeros(d), w3, torch.zeros(1)])
 
     def _split(self, params: torch.Tensor) -> list[torch.Tensor]:
         out, start = [], 0

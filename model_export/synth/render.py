@@ -100,13 +100,9 @@ def apply_texture(image: np.ndarray, tissue: np.ndarray, contrast: Contrast, rng
     return image
 
 
-def resample(volume: sitk.Image, stack: SliceStack, interpolator: int, offset: float = 0.0) -> np.ndarray:
-    """Sample a fine image on the series grid, shifted ``offset`` mm along the slice normal; returns
-    (slices, rows, cols) sorted along the normal."""
-    ref = stack.reference()
-    if offset:
-        ref.SetOrigin(tuple(float(v) for v in np.array(ref.GetOrigin()) + offset * stack.normal))
-    out = sitk.Resample(volume, ref, sitk.Transform(), interpolator, 0.0, volume.GetPixelID())
+def resample(volume: sitk.Image, stack: SliceStack, interpolator: int) -> np.ndarray:
+    """Sample a fine image on the series grid; returns (slices, rows, cols) sorted along the normal."""
+    out = sitk.Resample(volume, stack.reference(), sitk.Transform(), interpolator, 0.0, volume.GetPixelID())
     return sitk.GetArrayFromImage(out)
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from model_export.evaluation.evaluate import ModelResult, summarise
-from model_export.evaluation.metrics import Counts, best_f1_threshold, kind_map, overlap_per_structure
+from model_export.evaluation.metrics import (
+    Counts,
+    best_f1_threshold,
+    kind_map,
+    kind_of_label,
+    overlap_per_structure,
+)
 from model_export.evaluation.report import markdown
 from model_export.evaluation.stats import paired_comparison
 from service.ontology import DEFAULT_ONTOLOGY
@@ -69,14 +75,13 @@ def test_summary_has_mean_and_sd_over_cases_and_a_table_per_structure():
 
 def test_kind_map_ignores_the_level_so_a_vertebra_named_one_level_off_still_counts_as_vertebra():
     ontology = DEFAULT_ONTOLOGY
-    kinds = sorted({s.kind for s in ontology.structures})
-    kind_of_label = {s.label: kinds.index(s.kind) + 1 for s in ontology.structures}
+    kinds = kind_of_label(ontology)
     l4, l3 = ontology.by_level("L4", "vertebra").label, ontology.by_level("L3", "vertebra").label
     truth = np.zeros((1, 4, 4), np.uint8)
     truth[0, :2] = l4
     pred = np.zeros_like(truth)
     pred[0, :2] = l3
     assert overlap_per_structure(pred, truth, [l3, l4]) == {l3: (0.0, 0.0), l4: (0.0, 0.0)}
-    vertebra = kinds.index("vertebra") + 1
-    kind_scores = overlap_per_structure(kind_map(pred, kind_of_label), kind_map(truth, kind_of_label), [vertebra])
+    vertebra = kinds[l4]
+    kind_scores = overlap_per_structure(kind_map(pred, kinds), kind_map(truth, kinds), [vertebra])
     assert kind_scores == {vertebra: (1.0, 1.0)}
