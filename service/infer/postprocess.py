@@ -2,12 +2,15 @@
 
 Three steps, each recorded so the report can say what was changed:
 
-1. Connected components: per label the largest 3D component is the structure; other components are
-   fragments, dropped unless they are big enough to be a structure of their own (then step 2 places them).
-2. Anatomical consistency: structures ordered caudal to cranial along the spine axis must follow the
-   ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no label
-   used twice. The assignment that keeps the most of the model's labels under those rules is found by
-   dynamic programming; the others are relabelled or dropped.
+1. Levels by counting (level_count.py): structures are rebuilt from the kind of each voxel (sacrum,
+   vertebra, disc) and named by their rank in the column from the sacrum up, the chain's offset chosen
+   to agree best with the model's labels. Per structure the largest 3D component is kept; other
+   components are fragments, dropped unless they are big enough to be a part of their own.
+2. When fewer than two discs were found there is nothing to count between; then per label the largest
+   component is the structure, and structures ordered caudal to cranial along the spine axis must follow
+   the ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no
+   label used twice. The assignment that keeps the most of the model's labels under those rules is found
+   by dynamic programming; the others are relabelled or dropped.
 3. Per-level measurements (volume, disc height) and findings with the model card's decision thresholds.
 """
 
@@ -19,6 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import ndimage
 
+from service.infer.level_count import Counting, count_levels
 from service.ontology import Ontology, Structure
 
 FRAGMENT_FRACTION = 0.3
@@ -129,26 +133,18 @@ def postprocess(
     grid: Grid,
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
-    raw_labels = np.asarray(raw_labels)
     voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
     changes: list[Change] = []
-    components = _components(raw_labels, ontology, voxel_mm3, changes)
-    axis = _spine_axis(components, grid)
-    components.sort(key=lambda c: float(c.centroid_mm @ axis))
-    assigned = _assign(components, ontology)
-
+    raw_labels = _drop_unknown_labels(np.asarray(raw_labels), ontology, changes)
+    min_voxels = int(np.ceil(MIN_STRUCTURE_MM3 / voxel_mm3))
+    counting = count_levels(raw_labels, ontology, grid, min_voxels, FRAGMENT_FRACTION)
+    if counting is not None:
+        placed, axis = _counted_components(raw_labels, counting, grid, min_voxels, changes)
+    else:
+        placed, axis = _ordered_components(raw_labels, ontology, grid, voxel_mm3, changes)
     labels = np.zeros(raw_labels.shape, dtype=np.uint8)
-    placed: list[tuple[_Component, Structure]] = []
-    for comp, structure in zip(components, assigned, strict=True):
-        if structure is None:
-            changes.append(Change("dropped", comp.raw_label, None, comp.voxels, "out of anatomical order"))
-            continue
-        if structure.label != comp.raw_label:
-            changes.append(
-                Change("relabelled", comp.raw_label, structure.label, comp.voxels, "out of anatomical order")
-            )
+    for comp, structure in placed:
         labels[comp.region][comp.mask] = structure.label
-        placed.append((comp, structure))
 
     levels = []
     for i, (comp, structure) in enumerate(placed):
@@ -176,19 +172,90 @@ def postprocess(
     return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
 
 
-def _components(
-    raw_labels: np.ndarray, ontology: Ontology, voxel_mm3: float, changes: list[Change]
-) -> list[_Component]:
+def _drop_unknown_labels(raw_labels: np.ndarray, ontology: Ontology, changes: list[Change]) -> np.ndarray:
+    known = {s.label for s in ontology.structures}
+    unknown = [int(v) for v in np.unique(raw_labels) if v and int(v) not in known]
+    if not unknown:
+        return raw_labels
+    out = raw_labels.copy()
+    for value in unknown:
+        where = raw_labels == value
+        changes.append(Change("dropped", value, None, int(where.sum()), "label not in the ontology"))
+        out[where] = 0
+    return out
+
+
+def _counted_components(
+    raw_labels: np.ndarray, counting: Counting, grid: Grid, min_voxels: int, changes: list[Change]
+) -> tuple[list[tuple[_Component, Structure]], np.ndarray]:
+    """Each counted structure's main component (and parts nearly as big); the rest are fragments."""
+    reason = "counted from the sacrum" if counting.anchored_on_sacrum else "counted along the column"
+    full = np.ones((3, 3, 3), dtype=bool)
+    placed = []
+    for named in counting.structures:
+        box = ndimage.find_objects(named.mask.astype(np.int8))[0]
+        cc, _ = ndimage.label(named.mask[box], structure=full)
+        sizes = np.bincount(cc.ravel())[1:]
+        largest = int(sizes.max())
+        keep = np.zeros(cc.shape, dtype=bool)
+        for index, size in enumerate(sizes):
+            piece = cc == index + 1
+            if size >= min_voxels and (size == largest or size >= FRAGMENT_FRACTION * largest):
+                keep |= piece
+                continue
+            why = "smaller than a structure" if size < min_voxels else "fragment of a larger component"
+            changes.append(Change("fragment_removed", _majority(raw_labels[box][piece]), None, int(size), why))
+        if not keep.any():
+            continue
+        values, counts = np.unique(raw_labels[box][keep], return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            if value != named.structure.label:
+                changes.append(Change("relabelled", value, named.structure.label, count, reason))
+        sub = ndimage.find_objects(keep.astype(np.int8))[0]
+        region = tuple(slice(box[d].start + sub[d].start, box[d].start + sub[d].stop) for d in range(3))
+        mask = keep[sub]
+        offset = np.array([r.start for r in region], dtype=np.float64)
+        centroid = grid.index_to_patient(np.asarray(ndimage.center_of_mass(mask)) + offset)
+        comp = _Component(_majority(raw_labels[region][mask]), region, mask, int(mask.sum()), centroid)
+        placed.append((comp, named.structure))
+    for mask, why in counting.dropped:
+        values, counts = np.unique(raw_labels[mask], return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            changes.append(Change("dropped", value, None, count, why))
+    return placed, counting.axis
+
+
+def _majority(values: np.ndarray) -> int:
+    found, counts = np.unique(values, return_counts=True)
+    return int(found[np.argmax(counts)])
+
+
+def _ordered_components(
+    raw_labels: np.ndarray, ontology: Ontology, grid: Grid, voxel_mm3: float, changes: list[Change]
+) -> tuple[list[tuple[_Component, Structure]], np.ndarray]:
+    """The model's labels, per label the main component, put in anatomical order by _assign."""
+    components = _components(raw_labels, voxel_mm3, changes)
+    axis = _spine_axis(components, grid)
+    components.sort(key=lambda c: float(c.centroid_mm @ axis))
+    placed = []
+    for comp, structure in zip(components, _assign(components, ontology), strict=True):
+        if structure is None:
+            changes.append(Change("dropped", comp.raw_label, None, comp.voxels, "out of anatomical order"))
+            continue
+        if structure.label != comp.raw_label:
+            changes.append(
+                Change("relabelled", comp.raw_label, structure.label, comp.voxels, "out of anatomical order")
+            )
+        placed.append((comp, structure))
+    return placed, axis
+
+
+def _components(raw_labels: np.ndarray, voxel_mm3: float, changes: list[Change]) -> list[_Component]:
     out: list[_Component] = []
-    structure_labels = {s.label for s in ontology.structures}
     full = np.ones((3, 3, 3), dtype=bool)
     boxes = ndimage.find_objects(raw_labels.astype(np.int32, copy=False))
     for value, box in enumerate(boxes, start=1):
         if box is None:
-            continue
-        if value not in structure_labels:
-            total = int(np.count_nonzero(raw_labels[box] == value))
-            changes.append(Change("dropped", value, None, total, "label not in the ontology"))
             continue
         cc, _ = ndimage.label(raw_labels[box] == value, structure=full)
         sizes = np.bincount(cc.ravel())[1:]

@@ -172,3 +172,48 @@ def test_result_serialises_to_plain_data():
     result = postprocess(spine(CANONICAL), {}, ONT, {}, grid())
     data = json.loads(json.dumps(result.to_dict()))
     assert [lv["name"] for lv in data["levels"]][:3] == ["Sacrum", "L5/S1 disc", "L5 vertebra"]
+
+
+def test_a_column_named_one_level_too_high_is_counted_again_from_the_sacrum():
+    order = [s.label for s in ONT.caudal_to_cranial()]
+    shifted = [order[0]] + order[3:13]  # sacrum, then L4/L5 disc where L5/S1 is, and so on up
+    result = postprocess(spine(shifted), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    np.testing.assert_array_equal(result.labels, spine(CANONICAL))
+    assert all(c.kind == "relabelled" and c.reason == "counted from the sacrum" for c in result.changes)
+    assert len(result.changes) == 10
+
+
+def test_without_a_sacrum_the_model_names_win_and_a_consistent_column_is_kept():
+    upper = CANONICAL[3:]  # L4/L5 disc up to L1: the sacrum and L5 are out of view
+    result = postprocess(spine(upper), {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == upper
+    assert result.changes == []
+
+
+def test_a_vertebra_painted_with_two_level_labels_becomes_one_structure():
+    labels = spine(CANONICAL)
+    l3, l4 = ONT.by_level("L3", "vertebra").label, ONT.by_level("L4", "vertebra").label
+    rows = np.flatnonzero((labels == l3).any(axis=(0, 2)))
+    bottom = labels[:, rows[-4]:rows[-1] + 1]  # a view: the lowest four rows of L3
+    bottom[bottom == l3] = l4  # the lowest rows of L3 called L4
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    np.testing.assert_array_equal(result.labels, spine(CANONICAL))
+    assert [(c.kind, c.raw_label, c.label, c.voxels) for c in result.changes] == [
+        ("relabelled", l4, l3, 3 * 4 * 30)]
+    assert result.level(l3).raw_label == l3
+
+
+def test_two_vertebrae_touching_where_the_model_missed_part_of_a_disc_are_split_at_the_disc_plane():
+    labels = spine(CANONICAL)
+    disc = ONT.by_level("L3/L4", "disc").label
+    l3 = ONT.by_level("L3", "vertebra").label
+    middle = labels[2]
+    middle[middle == disc] = l3  # on the middle slice the disc was taken for bone
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    l4 = ONT.by_level("L4", "vertebra").label
+    assert result.level(l4).voxels > 3 * VERTEBRA_ROWS * 30  # it took the lower half of the missed disc
+    assert result.level(l3).voxels > 3 * VERTEBRA_ROWS * 30
+    assert (result.labels == disc).sum() == 2 * DISC_ROWS * 30  # the disc's two slices, merged as one

@@ -1,0 +1,252 @@
+"""Naming levels by counting from the sacrum, as a radiologist does.
+
+A model outlines sacrum, vertebrae and discs far better than it names their levels: neighbouring lumbar
+levels look alike and differ mainly by their place in the column. So the structures are rebuilt from the
+kind of each voxel (sacrum, vertebra, disc) and named by their rank:
+
+1. Disc components are the separators. They are ordered along the spine; a spacing about twice the
+   usual one means a disc the model missed, and the count skips a level there.
+2. The vertebral voxels between two consecutive disc planes form one vertebra (each disc's plane is
+   fitted in the sagittal plane, so lordosis tilts it with the disc), which also splits two vertebrae
+   the model let touch, and merges one vertebra the model painted with two level labels.
+3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies right under the lowest
+   disc, that disc is L5/S1: the sacrum is the landmark levels are counted from, whatever the model
+   called the discs. Otherwise (sacrum out of view or not found) the offset is the one whose names
+   agree best with the model's own labels, each structure's vote being the share of its voxels the
+   model gave that name.
+
+With fewer than two discs there is nothing to count between; the caller keeps the model's labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from service.ontology import Ontology, Structure
+
+SACRUM_REACH = 0.5
+"""The sacrum anchors the count when its top lies within this share of the usual disc spacing below
+the lowest disc's plane (farther away, the model may have missed L5/S1 and the L5 vertebra)."""
+DISC_MERGE_MM = 6.0
+"""Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
+GAP_RATIO = 1.6
+"""A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
+MAX_OFF_AXIS_MM = 40.0
+"""A disc component farther than this from the line of the other discs is not part of the column."""
+
+KIND_CODES = {"sacrum": 1, "vertebra": 2, "disc": 3}
+
+
+@dataclass
+class CountedStructure:
+    structure: Structure
+    mask: np.ndarray
+    """Full-size boolean mask of the voxels named ``structure``."""
+
+
+@dataclass
+class Counting:
+    structures: list[CountedStructure]
+    """Caudal to cranial."""
+    dropped: list[tuple[np.ndarray, str]]
+    """Full-size masks left out of the column, with the reason."""
+    axis: np.ndarray
+    """Caudal-to-cranial unit vector (patient mm) through the discs."""
+    anchored_on_sacrum: bool
+
+
+def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, fragment_fraction: float
+                 ) -> Counting | None:
+    """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
+    kind = _kind_map(labels, ontology)
+    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels, fragment_fraction)
+    if len(discs) < 2:
+        return None
+    axis = _axis_through([d.centroid for d in discs])
+    discs = _merge_close(sorted(discs, key=lambda d: float(d.centroid @ axis)), axis)
+    if len(discs) < 2:
+        return None
+    positions = _disc_positions(discs, axis)
+    disc_order = ontology.of_kind("disc")
+    vertebra_order = ontology.of_kind("vertebra")
+    disc_order.sort(key=lambda s: ontology.caudal_to_cranial().index(s))
+    vertebra_order.sort(key=lambda s: ontology.caudal_to_cranial().index(s))
+    if positions[-1] >= len(disc_order):
+        return None
+
+    for disc in discs:
+        disc.normal = _disc_normal(disc.points, grid, axis)
+    vertebra_index = _interval_index(kind == KIND_CODES["vertebra"], discs, grid)
+    sacrum_index = _interval_index(kind == KIND_CODES["sacrum"], discs, grid)
+    sacrum_below = sacrum_index == 0
+    has_sacrum = bool(sacrum_below.any())
+    anchored = has_sacrum and _gap_below(sacrum_below, discs[0], grid) <= SACRUM_REACH * _usual_spacing(
+        discs, axis)
+    best, best_score = 0, -np.inf
+    for offset in range(1 if anchored else len(disc_order) - positions[-1]):
+        score = _chain_score(labels, discs, positions, vertebra_index, offset, disc_order, vertebra_order)
+        if score > best_score + 1e-9:
+            best, best_score = offset, score
+
+    sacrum = next(s for s in ontology.structures if s.kind == "sacrum")
+    named: list[CountedStructure] = []
+    below_lowest = vertebra_index == 0
+    if best == 0:  # vertebral voxels under L5/S1 are sacrum that the model took for a vertebra
+        named.append(CountedStructure(sacrum, sacrum_below | below_lowest))
+    else:
+        if has_sacrum:
+            named.append(CountedStructure(sacrum, sacrum_below))
+        named.append(CountedStructure(vertebra_order[best + positions[0] - 1], below_lowest))
+    for i, disc in enumerate(discs):
+        named.append(CountedStructure(disc_order[best + positions[i]], disc.mask))
+        top = best + positions[i + 1] if i + 1 < len(discs) else best + positions[i] + 1
+        allowed = vertebra_order[best + positions[i]:min(top, len(vertebra_order))]
+        named.extend(_split_interval(labels, vertebra_index == i + 1, allowed))
+    dropped = [(sacrum_index > 0, "sacrum above the lowest disc")] if (sacrum_index > 0).any() else []
+    named = [n for n in named if n.mask.any()]
+    return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
+
+
+@dataclass
+class _Disc:
+    mask: np.ndarray
+    points: np.ndarray
+    """Patient coordinates (mm) of the disc's voxels."""
+    centroid: np.ndarray
+    normal: np.ndarray | None = None
+
+
+def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
+    lut = np.zeros(256, np.uint8)
+    for s in ontology.structures:
+        lut[s.label] = KIND_CODES[s.kind]
+    return lut[labels]
+
+
+def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int, fragment_fraction: float) -> list[_Disc]:
+    cc, n = ndimage.label(disc_voxels, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return []
+    sizes = np.bincount(cc.ravel())[1:]
+    keep_at = max(min_voxels, fragment_fraction * float(np.median(sizes[sizes >= min_voxels]))
+                  if (sizes >= min_voxels).any() else min_voxels)
+    discs = []
+    for index in np.flatnonzero(sizes >= keep_at):
+        mask = cc == index + 1
+        points = grid.index_to_patient(np.argwhere(mask))
+        discs.append(_Disc(mask, points, points.mean(axis=0)))
+    if len(discs) >= 3:  # a blob off the column (e.g. in the abdomen) is not a level
+        line = _axis_through([d.centroid for d in discs])
+        centre = np.mean([d.centroid for d in discs], axis=0)
+        off = [np.linalg.norm((d.centroid - centre) - ((d.centroid - centre) @ line) * line) for d in discs]
+        discs = [d for d, o in zip(discs, off, strict=True) if o <= MAX_OFF_AXIS_MM]
+    return discs
+
+
+def _axis_through(points: list[np.ndarray]) -> np.ndarray:
+    """Main direction of the points, pointing cranially (+z in LPS)."""
+    stacked = np.stack(points)
+    _, _, vt = np.linalg.svd(stacked - stacked.mean(axis=0), full_matrices=False)
+    axis = vt[0] if vt[0][2] >= 0 else -vt[0]
+    return axis / np.linalg.norm(axis)
+
+
+def _merge_close(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
+    merged = [discs[0]]
+    for disc in discs[1:]:
+        last = merged[-1]
+        if float((disc.centroid - last.centroid) @ axis) < DISC_MERGE_MM:
+            points = np.concatenate([last.points, disc.points])
+            merged[-1] = _Disc(last.mask | disc.mask, points, points.mean(axis=0))
+        else:
+            merged.append(disc)
+    return merged
+
+
+def _usual_spacing(discs: list[_Disc], axis: np.ndarray) -> float:
+    return float(np.median(np.diff([float(d.centroid @ axis) for d in discs])))
+
+
+def _gap_below(voxels: np.ndarray, disc: _Disc, grid) -> float:
+    """Distance (mm) from the disc's plane down to the highest of ``voxels`` (all below it)."""
+    points = grid.index_to_patient(np.argwhere(voxels))
+    return float(-((points - disc.centroid) @ disc.normal).max())
+
+
+def _disc_positions(discs: list[_Disc], axis: np.ndarray) -> list[int]:
+    """Rank of each disc in the column, counting the discs the model missed between two it found."""
+    spacing = np.diff([float(d.centroid @ axis) for d in discs])
+    usual = _usual_spacing(discs, axis)
+    positions = [0]
+    for step in spacing:
+        missed = max(0, int(round(step / usual)) - 1) if step >= GAP_RATIO * usual else 0
+        positions.append(positions[-1] + 1 + missed)
+    return positions
+
+
+def _disc_normal(points: np.ndarray, grid, axis: np.ndarray) -> np.ndarray:
+    """The disc's thin direction within the sagittal plane (a disc seen on one slice has no width)."""
+    basis = np.stack([grid.row_dir, grid.col_dir])  # (2, 3) in-plane directions
+    flat = (points - points.mean(axis=0)) @ basis.T
+    if len(flat) < 3:
+        return axis
+    _, vectors = np.linalg.eigh(np.cov(flat.T))
+    normal = vectors[:, 0] @ basis  # smallest-variance in-plane direction
+    normal /= np.linalg.norm(normal)
+    return normal if normal @ axis >= 0 else -normal
+
+
+def _interval_index(voxels: np.ndarray, discs: list[_Disc], grid) -> np.ndarray:
+    """Per voxel: how many disc planes lie below it (0 under the lowest disc); -1 where not ``voxels``."""
+    out = np.full(voxels.shape, -1, np.int8)
+    where = np.argwhere(voxels)
+    if where.size == 0:
+        return out
+    points = grid.index_to_patient(where)
+    above = np.zeros(len(points), np.int8)
+    for disc in discs:
+        above += ((points - disc.centroid) @ disc.normal > 0).astype(np.int8)
+    out[tuple(where.T)] = above
+    return out
+
+
+def _vote(labels: np.ndarray, mask: np.ndarray, wanted: list[Structure]) -> float:
+    """Share of the mask's voxels that the model gave one of the wanted labels."""
+    total = int(mask.sum())
+    if total == 0 or not wanted:
+        return 0.0
+    values = labels[mask]
+    return float(np.isin(values, [s.label for s in wanted]).sum()) / total
+
+
+def _chain_score(labels: np.ndarray, discs: list[_Disc], positions: list[int], vertebra_index: np.ndarray,
+                 offset: int, disc_order: list[Structure], vertebra_order: list[Structure]) -> float:
+    score = 0.0
+    for i, disc in enumerate(discs):
+        score += _vote(labels, disc.mask, [disc_order[offset + positions[i]]])
+        top = offset + positions[i + 1] if i + 1 < len(discs) else offset + positions[i] + 1
+        allowed = vertebra_order[offset + positions[i]:min(top, len(vertebra_order))]
+        score += _vote(labels, vertebra_index == i + 1, allowed)
+    if offset + positions[0] > 0:
+        score += _vote(labels, vertebra_index == 0, [vertebra_order[offset + positions[0] - 1]])
+    return score
+
+
+def _split_interval(labels: np.ndarray, mask: np.ndarray, allowed: list[Structure]) -> list[CountedStructure]:
+    """The vertebral voxels between two discs: one vertebra, or several where the model missed a disc
+    (there the model's own labels among the allowed ones divide them; other labels go to the first)."""
+    if not allowed:
+        return []
+    if len(allowed) == 1:
+        return [CountedStructure(allowed[0], mask)]
+    values = {s.label for s in allowed}
+    out = []
+    for i, structure in enumerate(allowed):
+        own = mask & (labels == structure.label)
+        if i == 0:
+            own |= mask & ~np.isin(labels, list(values))
+        out.append(CountedStructure(structure, own))
+    return out
