@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="held-out cases (same layouts as train)")
     parser.add_argument("--out", type=Path, required=True, help="folder for evaluation.md/.json/.png")
     parser.add_argument("--max-cases", type=int, default=None)
+    parser.add_argument("--postprocess", action="store_true",
+                        help="also score every model as the service delivers it, after its post-processing "
+                             "(levels counted from the sacrum, fragments removed): one more row per model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if len(names) != len(args.models):
         raise ConfigError("--names needs one name per model")
     cases = load_cases(args.data, DEFAULT_ONTOLOGY, limit=args.max_cases)
-    results = [evaluate_predictor(load_predictor(p, n), cases, DEFAULT_ONTOLOGY)
-               for p, n in zip(args.models, names, strict=True)]
+    results = [result for p, n in zip(args.models, names, strict=True)
+               for result in evaluate_predictor(load_predictor(p, n), cases, DEFAULT_ONTOLOGY, args.postprocess)]
     paths = write_reports(summarise(results, DEFAULT_ONTOLOGY), args.out)
     print(paths["markdown"].read_text())
     return 0

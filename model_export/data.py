@@ -20,6 +20,9 @@ from service.errors import ConfigError
 from service.ontology import DEFAULT_ONTOLOGY, Ontology
 
 SAGITTAL_ORIENTATION = "PIR"
+SAGITTAL_DIRECTION = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+"""ITK direction of SAGITTAL_ORIENTATION in LPS: columns toward posterior, rows toward inferior, slices
+toward the patient's right."""
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
@@ -35,10 +38,22 @@ class Case:
     findings: dict[int, dict[str, bool]] = field(default_factory=dict)
     """structure label -> {finding key: present}; only what the source states."""
     pixel_spacing: tuple[float, float] = (1.0, 1.0)
+    slice_spacing: float = 1.0
+    direction: np.ndarray = field(default_factory=lambda: SAGITTAL_DIRECTION.copy())
+    """3x3, ITK's convention: columns are the patient directions of increasing column, row, slice index."""
 
     @property
     def reference(self) -> np.ndarray:
         return self.t2 if self.t2 is not None else self.t1  # type: ignore[return-value]
+
+    def grid(self):  # -> service.infer.series.SeriesVolume
+        """The reference grid's geometry, as the service's post-processing reads it (origin at 0)."""
+        from service.infer.series import SeriesVolume
+
+        d = np.asarray(self.direction, dtype=np.float64)
+        return SeriesVolume(pixels=self.labels, datasets=[], origin=np.zeros(3), row_dir=d[:, 0],
+                            col_dir=d[:, 1], normal=d[:, 2], pixel_spacing=self.pixel_spacing,
+                            slice_spacing=self.slice_spacing)
 
 
 # ---------------------------------------------------------------- generated studies
@@ -76,6 +91,8 @@ def read_generated_study(study_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY)
         labelled=frozenset(s.label for s in ontology.structures),
         findings=findings_from_truth(truth.get("levels", {}), ontology),
         pixel_spacing=tuple(float(v) for v in reference.pixel_spacing),
+        slice_spacing=float(reference.slice_spacing),
+        direction=reference.direction,
     )
 
 
@@ -131,7 +148,8 @@ def read_spider_case(root: Path, stem: str, ontology: Ontology = DEFAULT_ONTOLOG
     spacing = image.GetSpacing()
     return Case(name=stem, t2=None if is_t1 else pixels, t1=pixels if is_t1 else t1, labels=labels,
                 labelled=frozenset(s.label for s in ontology.structures if s.kind != "sacrum"),
-                pixel_spacing=(spacing[1], spacing[0]))
+                pixel_spacing=(spacing[1], spacing[0]), slice_spacing=spacing[2],
+                direction=np.array(image.GetDirection()).reshape(3, 3))
 
 
 # ---------------------------------------------------------------- generic folders
@@ -189,7 +207,8 @@ def read_volume_case(case_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> C
     spacing = ref_img.GetSpacing()
     return Case(name=case_dir.name, t2=ref if t2_path else None, t1=t1 if t2_path else ref,
                 labels=sitk.GetArrayFromImage(labels_img), labelled=labelled,
-                pixel_spacing=(spacing[1], spacing[0]))
+                pixel_spacing=(spacing[1], spacing[0]), slice_spacing=spacing[2],
+                direction=np.array(ref_img.GetDirection()).reshape(3, 3))
 
 
 # ---------------------------------------------------------------- discovery

@@ -2,6 +2,8 @@
 
 A model is a checkpoint (``.pt``, any kind, run with torch) or a model directory (``model.json``, run
 with the service's ONNX-only path). The first model is the reference the others are tested against.
+With ``postprocess`` every model is also scored as the service delivers it: its label map and level
+findings after ``service.infer.postprocess`` (levels counted from the sacrum, fragments removed).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ModelResult:
     findings: dict[str, Counts] = field(default_factory=dict)
     seconds_per_case: list[float] = field(default_factory=list)
     case_kind_miou: list[float] = field(default_factory=list)
+    postprocessed: bool = False
 
 
 def load_predictor(path: Path, name: str | None = None) -> Predictor:
@@ -87,37 +90,64 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
     raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
 
 
-def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontology) -> ModelResult:
-    result = ModelResult(predictor.name, predictor.kind)
-    result.findings = {f.key: Counts() for f in ontology.findings}
-    labels = [s.label for s in ontology.structures]
-    kinds = kind_of_label(ontology)
+def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontology, postprocessed: bool = False
+                       ) -> list[ModelResult]:
+    """The model's scores on ``cases``; with ``postprocessed`` a second result scored after the service's
+    post-processing, from the same predictions."""
+    results = [ModelResult(predictor.name, predictor.kind)]
+    if postprocessed:
+        results.append(ModelResult(f"{predictor.name} +post", predictor.kind, postprocessed=True))
+    for result in results:
+        result.findings = {f.key: Counts() for f in ontology.findings}
     for case in cases:
         started = time.perf_counter()
         pred_labels, probs = predictor.run(case)
-        result.seconds_per_case.append(time.perf_counter() - started)
-        scores = overlap_per_structure(pred_labels, case.labels, [x for x in labels if x in case.labelled])
-        result.case_names.append(case.name)
-        result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
-        result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
-        kind_scores = overlap_per_structure(kind_map(pred_labels, kinds), kind_map(case.labels, kinds),
-                                            sorted({kinds[x] for x in labels if x in case.labelled}))
-        result.case_kind_miou.append(float(np.mean([iou for _, iou in kind_scores.values()])) if kind_scores else 0.0)
-        for label, pair in scores.items():
-            result.per_structure.setdefault(label, []).append(pair)
-        if probs is None:
+        results[0].seconds_per_case.append(time.perf_counter() - started)
+        _score_case(results[0], case, pred_labels, probs, predictor.thresholds, ontology)
+        if postprocessed:
+            started = time.perf_counter()
+            post_labels, post_probs = _postprocess(pred_labels, probs, case, predictor.thresholds, ontology)
+            results[1].seconds_per_case.append(results[0].seconds_per_case[-1] + time.perf_counter() - started)
+            _score_case(results[1], case, post_labels, post_probs, predictor.thresholds, ontology)
+    for result in results:
+        if all(c.tp + c.fp + c.tn + c.fn == 0 for c in result.findings.values()):
+            result.findings = {}
+    return results
+
+
+def _postprocess(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, case: Case,
+                 thresholds: dict[str, float], ontology: Ontology):
+    from service.infer.postprocess import postprocess
+
+    spine = postprocess(labels, probs or {}, ontology, thresholds, case.grid())
+    if probs is None:
+        return spine.labels, None
+    return spine.labels, {lv.label: {f.key: f.probability for f in lv.findings} for lv in spine.levels}
+
+
+def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
+                probs: dict[int, dict[str, float]] | None, thresholds: dict[str, float], ontology: Ontology) -> None:
+    labels = [s.label for s in ontology.structures]
+    kinds = kind_of_label(ontology)
+    scores = overlap_per_structure(pred_labels, case.labels, [x for x in labels if x in case.labelled])
+    result.case_names.append(case.name)
+    result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
+    result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
+    kind_scores = overlap_per_structure(kind_map(pred_labels, kinds), kind_map(case.labels, kinds),
+                                        sorted({kinds[x] for x in labels if x in case.labelled}))
+    result.case_kind_miou.append(float(np.mean([iou for _, iou in kind_scores.values()])) if kind_scores else 0.0)
+    for label, pair in scores.items():
+        result.per_structure.setdefault(label, []).append(pair)
+    if probs is None:
+        return
+    present_truth = set(np.unique(case.labels).tolist())
+    present_pred = set(np.unique(pred_labels).tolist())
+    for label, values in case.findings.items():
+        if label not in present_truth:
             continue
-        present_truth = set(np.unique(case.labels).tolist())
-        present_pred = set(np.unique(pred_labels).tolist())
-        for label, values in case.findings.items():
-            if label not in present_truth:
-                continue
-            for key, actual in values.items():
-                p = probs.get(label, {}).get(key, 0.0) if label in present_pred else 0.0
-                result.findings[key].add(p >= predictor.thresholds.get(key, 0.5), bool(actual))
-    if all(c.tp + c.fp + c.tn + c.fn == 0 for c in result.findings.values()):
-        result.findings = {}
-    return result
+        for key, actual in values.items():
+            p = probs.get(label, {}).get(key, 0.0) if label in present_pred else 0.0
+            result.findings[key].add(p >= thresholds.get(key, 0.5), bool(actual))
 
 
 def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:
@@ -145,8 +175,19 @@ def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:
             "per_case": {"names": r.case_names, "miou": r.case_miou, "dice": r.case_dice,
                          "kind_miou": r.case_kind_miou},
         })
-    reference = results[0]
-    comparisons = [{"reference": reference.name, "other": other.name,
-                    "miou": paired_comparison(reference.case_miou, other.case_miou),
-                    "dice": paired_comparison(reference.case_dice, other.case_dice)} for other in results[1:]]
-    return {"definitions": DEFINITIONS, "models": models, "comparisons": comparisons}
+    return {"definitions": DEFINITIONS, "models": models, "comparisons": _comparisons(results)}
+
+
+def _comparisons(results: list[ModelResult]) -> list[dict[str, Any]]:
+    """The first model against each other one, raw against raw and post-processed against post-processed;
+    and the first model raw against itself post-processed."""
+    pairs = []
+    for processed in (False, True):
+        group = [r for r in results if r.postprocessed == processed]
+        pairs += [(group[0], other) for other in group[1:]]
+    post = [r for r in results if r.postprocessed]
+    if post:
+        pairs.append((results[0], post[0]))
+    return [{"reference": a.name, "other": b.name, "miou": paired_comparison(a.case_miou, b.case_miou),
+             "dice": paired_comparison(a.case_dice, b.case_dice)} for a, b in pairs]
+

@@ -45,7 +45,7 @@ def evaluate_arm(checkpoint: Path, cases: list, name: str) -> dict[str, Any]:
     predictor = load_predictor(checkpoint, name)
     miou, f1, total = [], [], Counts()
     for case in cases:
-        result = evaluate_predictor(predictor, [case], DEFAULT_ONTOLOGY)
+        result = evaluate_predictor(predictor, [case], DEFAULT_ONTOLOGY)[0]
         miou.append(result.case_miou[0])
         merged = Counts()
         for c in result.findings.values():

@@ -43,13 +43,14 @@ def test_export_then_evaluate_cli_compare_the_onnx_model_with_a_baseline(trained
     assert json.loads((model_dir / "model.json").read_text())["export_parity"]["label_map"]["voxel_agreement"] >= 0.999
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--models", str(model_dir), str(trained_runs["unet"]), "--names", "ours", "unet",
-                 "--data", str(generated_set), "--out", str(out)]) == 0
+                 "--data", str(generated_set), "--out", str(out), "--postprocess"]) == 0
     summary = json.loads((out / "evaluation.json").read_text())
-    assert [m["name"] for m in summary["models"]] == ["ours", "unet"]
-    assert summary["models"][0]["cases"] == 3
+    assert [m["name"] for m in summary["models"]] == ["ours", "ours +post", "unet", "unet +post"]
+    assert summary["models"][0]["cases"] == summary["models"][1]["cases"] == 3
     assert summary["models"][0]["findings"]["overall"]["tp"] + summary["models"][0]["findings"]["overall"]["fn"] >= 0
-    assert summary["models"][1]["findings"] is None
-    assert summary["comparisons"][0]["other"] == "unet"
+    assert summary["models"][2]["findings"] is None
+    assert [(c["reference"], c["other"]) for c in summary["comparisons"]] == [
+        ("ours", "unet"), ("ours +post", "unet +post"), ("ours", "ours +post")]
     assert "Wilcoxon" in (out / "evaluation.md").read_text()
     assert (out / "evaluation.png").stat().st_size > 1000
 

@@ -38,6 +38,14 @@ def test_volume_case_folder_reads_t2_t1_and_labels_on_one_grid(tiny_cases):
     assert prepared.image.shape == (6, 2, 32, 32) and prepared.target.shape == (6, 32, 32)
 
 
+def test_volume_case_grid_puts_rows_toward_the_feet_and_slices_toward_the_right(tiny_cases):
+    grid = read_volume_case(tiny_cases / "case0").grid()
+    assert grid.slice_spacing == 4.0 and grid.pixel_spacing == (1.0, 1.0)
+    np.testing.assert_allclose(grid.index_to_patient(np.array([0, 1, 0])), [0, 0, -1.0])  # next row: inferior
+    np.testing.assert_allclose(grid.index_to_patient(np.array([0, 0, 1])), [0, 1.0, 0])  # next column: posterior
+    np.testing.assert_allclose(grid.index_to_patient(np.array([1, 0, 0])), [-4.0, 0, 0])  # next slice: right
+
+
 def test_nearest_label_resize_keeps_only_existing_labels():
     labels = np.random.default_rng(0).integers(0, 5, (2, 17, 23)).astype(np.uint8)
     out = resize_labels_nearest(labels, (8, 40))
