@@ -78,7 +78,8 @@ def best_f1_threshold(probs: np.ndarray, actual: np.ndarray, default: float = 0.
     if actual.sum() == 0 or len(probs) == 0:
         return default
     best, best_f1 = default, -1.0
-    for t in np.linspace(0.05, 0.95, 19):
+    values = np.unique(probs)  # midpoints between observed scores: rare findings often score below 0.05
+    for t in np.sort(np.concatenate([np.linspace(0.05, 0.95, 19), (values[1:] + values[:-1]) / 2])):
         pred = probs >= t
         tp = float((pred & actual).sum())
         f1 = 2 * tp / (pred.sum() + actual.sum()) if (pred.sum() + actual.sum()) else 0.0

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from model_export.configs import RunConfig
 from model_export.data import Case, load_cases
-from model_export.evaluation.metrics import best_f1_threshold, overlap_per_structure
+from model_export.evaluation.metrics import Counts, best_f1_threshold, overlap_per_structure
 from model_export.model.losses import PartialDiceCELoss, finding_loss
 from model_export.model.network import LumbarSegmenter, build_model, load_checkpoint, text_state_of
 from model_export.model.predict import predict_volume
@@ -113,6 +113,18 @@ def tune_thresholds(pairs: dict[str, list[tuple[float, bool]]]) -> dict[str, flo
         probs = np.array([p for p, _ in values], dtype=float)
         actual = np.array([a for _, a in values], dtype=bool)
         out[key] = best_f1_threshold(probs, actual)
+    return out
+
+
+def threshold_report(pairs: dict[str, list[tuple[float, bool]]], thresholds: dict[str, float]
+                     ) -> dict[str, dict[str, Any]]:
+    """Per finding: the threshold and the counts and rates it gives on the pairs it was tuned on."""
+    out = {}
+    for key, values in pairs.items():
+        counts = Counts()
+        for p, actual in values:
+            counts.add(p >= thresholds[key], actual)
+        out[key] = {"threshold": round(thresholds[key], 4), **counts.rates()}
     return out
 
 

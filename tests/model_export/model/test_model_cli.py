@@ -55,6 +55,27 @@ def test_export_then_evaluate_cli_compare_the_onnx_model_with_a_baseline(trained
     assert (out / "evaluation.png").stat().st_size > 1000
 
 
+def test_tune_thresholds_cli_writes_a_checkpoint_copy_with_thresholds_and_where_they_came_from(
+        trained_runs, generated_set, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "tuned.pt"
+    assert main(["tune-thresholds", "--checkpoint", str(trained_runs["text_guided"]), "--data", str(generated_set),
+                 "--out", str(out)]) == 0
+    tuned = torch.load(str(out), map_location="cpu", weights_only=False)
+    keys = {"disc_bulging", "disc_protrusion", "disc_extrusion", "schmorl_node", "vertebral_degeneration"}
+    assert set(tuned["finding_thresholds"]) == keys
+    provenance = tuned["provenance"]["thresholds_tuned_on"]
+    assert len(provenance["cases"]) == 3 and set(provenance["per_finding"]) == keys
+    assert json.loads(capsys.readouterr().out)["cases"] == 3
+
+
+def test_tune_thresholds_cli_refuses_a_model_without_finding_head(trained_runs, generated_set, tmp_path, capsys):
+    assert main(["tune-thresholds", "--checkpoint", str(trained_runs["unet"]), "--data", str(generated_set),
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "no finding head" in capsys.readouterr().err
+
+
 def test_train_cli_names_a_missing_data_folder(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert main(["train", "--data", str(missing), "--config", "tiny", "--out", str(tmp_path / "r")]) == 2

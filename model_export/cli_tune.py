@@ -1,0 +1,52 @@
+"""``lumbar-ai tune-thresholds``: set a checkpoint's finding decision thresholds on a validation set.
+
+Training tunes them on its few validation cases (4 by default), where a finding has a handful of positive
+levels at most, so the best-F1 threshold is mostly noise. This reruns the model on a larger validation set
+(never the held-out test set) and writes a copy of the checkpoint with the new thresholds; ``export``
+carries them into the model card, where the worker reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a text-guided or visual-only checkpoint")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="validation cases (any training layout), disjoint from training and test sets")
+    parser.add_argument("--out", type=Path, required=True, help="the checkpoint copy to write")
+    parser.add_argument("--max-cases", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model_export.configs import RunConfig
+    from model_export.data import load_cases
+    from model_export.model.network import LumbarSegmenter, load_checkpoint
+    from model_export.training.loop import threshold_report, tune_thresholds, validate
+    from service.errors import ConfigError
+    from service.ontology import Ontology
+
+    torch.set_num_threads(2)
+    model, ckpt = load_checkpoint(args.checkpoint)
+    if not isinstance(model, LumbarSegmenter):
+        raise ConfigError(f"{args.checkpoint} has no finding head (a U-Net baseline): nothing to tune")
+    run_config = RunConfig.from_dict(ckpt["run"])
+    ontology = Ontology.from_dict(ckpt["ontology"])
+    cases = load_cases(args.data, ontology, limit=args.max_cases)
+    if not cases:
+        raise ConfigError(f"no validation cases in {args.data}")
+    pairs = validate(model, cases, run_config, ontology)["finding_pairs"]
+    thresholds = tune_thresholds(pairs)
+    report = threshold_report(pairs, thresholds)
+    ckpt["finding_thresholds"] = thresholds
+    ckpt.setdefault("provenance", {})["thresholds_tuned_on"] = {
+        "data_dir": str(args.data), "cases": [c.name for c in cases], "per_finding": report}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, str(args.out))
+    print(json.dumps({"cases": len(cases), "per_finding": report}, indent=1))
+    return 0
