@@ -48,12 +48,17 @@ class Case:
 
     def grid(self):  # -> service.infer.series.SeriesVolume
         """The reference grid's geometry, as the service's post-processing reads it (origin at 0)."""
-        from service.infer.series import SeriesVolume
+        return sagittal_grid(self.labels, self.pixel_spacing, self.slice_spacing, self.direction)
 
-        d = np.asarray(self.direction, dtype=np.float64)
-        return SeriesVolume(pixels=self.labels, datasets=[], origin=np.zeros(3), row_dir=d[:, 0],
-                            col_dir=d[:, 1], normal=d[:, 2], pixel_spacing=self.pixel_spacing,
-                            slice_spacing=self.slice_spacing)
+
+def sagittal_grid(array: np.ndarray, pixel_spacing: tuple[float, float], slice_spacing: float,
+                  direction: np.ndarray):  # -> service.infer.series.SeriesVolume
+    """A geometry-only volume (origin at 0, no DICOM datasets) for code that takes a series grid."""
+    from service.infer.series import SeriesVolume
+
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return SeriesVolume(pixels=array, datasets=[], origin=np.zeros(3), row_dir=d[:, 0], col_dir=d[:, 1],
+                        normal=d[:, 2], pixel_spacing=tuple(pixel_spacing), slice_spacing=float(slice_spacing))
 
 
 # ---------------------------------------------------------------- generated studies

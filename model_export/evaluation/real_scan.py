@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from model_export.data import read_oriented
+from model_export.data import read_oriented, sagittal_grid
 from service.infer.model import OnnxModel
+from service.infer.postprocess import postprocess
 from service.ontology import Ontology
 
 
@@ -39,36 +40,41 @@ def anatomical_order(labels: np.ndarray, ontology: Ontology, min_voxels: int = 5
             "out_of_order_pairs": swaps}
 
 
-def draw_overlay(image: np.ndarray, labels: np.ndarray, model: OnnxModel, spacing: tuple[float, float],
-                 out_png: Path, title: str) -> list[int]:
+def draw_overlay(image: np.ndarray, rows: list[tuple[str, np.ndarray]], model: OnnxModel,
+                 spacing: tuple[float, float], out_png: Path, title: str) -> list[int]:
+    """Three slices around the one with most foreground: the image, then one overlay per (caption, labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    foreground = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
-    centre = int(np.argmax(foreground)) if foreground.any() else labels.shape[0] // 2
-    picks = sorted({max(0, centre - 4), centre, min(labels.shape[0] - 1, centre + 4)})
+    first = rows[0][1]
+    foreground = (first > 0).reshape(first.shape[0], -1).sum(axis=1)
+    centre = int(np.argmax(foreground)) if foreground.any() else first.shape[0] // 2
+    picks = sorted({max(0, centre - 4), centre, min(first.shape[0] - 1, centre + 4)})
     colours = np.zeros((256, 4))
     for s in model.ontology.structures:
         colours[s.label] = [*(c / 255 for c in s.color), 0.45]
     aspect = spacing[0] / spacing[1]
-    fig, axes = plt.subplots(1, 2 * len(picks), figsize=(4.2 * 2 * len(picks), 5.5))
+    columns = 1 + len(rows)
+    fig, axes = plt.subplots(1, columns * len(picks), figsize=(4.2 * columns * len(picks), 5.5))
     for k, index in enumerate(picks):
         grey = image[index]
         vmax = np.percentile(grey, 99.5) or 1.0
-        for j, ax in enumerate(axes[2 * k: 2 * k + 2]):
+        for j, ax in enumerate(axes[columns * k: columns * (k + 1)]):
             ax.imshow(grey, cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
-            if j == 1:
-                ax.imshow(colours[labels[index]], aspect=aspect, interpolation="nearest")
-                for s in model.ontology.structures:
-                    where = np.argwhere(labels[index] == s.label)
-                    if len(where) > 20:
-                        r, c = where.mean(axis=0)
-                        ax.text(c, r, s.name.replace(" vertebra", "").replace(" disc", ""), fontsize=6,
-                                color="white", ha="center", va="center")
-            ax.set_title(f"slice {index}" + (" + prediction" if j else ""), fontsize=9)
+            ax.set_title(f"slice {index}" + (f" + {rows[j - 1][0]}" if j else ""), fontsize=9)
             ax.axis("off")
+            if j == 0:
+                continue
+            labels = rows[j - 1][1]
+            ax.imshow(colours[labels[index]], aspect=aspect, interpolation="nearest")
+            for s in model.ontology.structures:
+                where = np.argwhere(labels[index] == s.label)
+                if len(where) > 20:
+                    r, c = where.mean(axis=0)
+                    ax.text(c, r, s.name.replace(" vertebra", "").replace(" disc", ""), fontsize=6,
+                            color="white", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
@@ -84,12 +90,17 @@ def overlay_real_scan(model_dir: Path, image_path: Path, out_png: Path) -> dict[
     spacing = (float(oriented.GetSpacing()[1]), float(oriented.GetSpacing()[0]))
     model = OnnxModel.load(model_dir, intra_op_threads=2)
     prediction = model.predict(volume, None, spacing)
+    grid = sagittal_grid(volume, spacing, oriented.GetSpacing()[2], np.array(oriented.GetDirection()))
+    delivered = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
+                            grid)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    picks = draw_overlay(volume, prediction.labels, model, spacing, out_png,
+    picks = draw_overlay(volume, [("model", prediction.labels), ("post-processed", delivered.labels)], model,
+                         spacing, out_png,
                          f"{Path(image_path).name}: {model.card['name']} {model.version} (T2 only, T1 absent)")
     summary = {"image": str(image_path), "shape": list(volume.shape), "slices_drawn": picks,
                **anatomical_order(prediction.labels, model.ontology),
+               "post_processed": anatomical_order(delivered.labels, model.ontology),
                "finding_probs": {model.ontology.by_label(k).name: v for k, v in prediction.finding_probs.items()},
                "timings_s": prediction.timings}
     out_png.with_suffix(".json").write_text(json.dumps(summary, indent=2))
@@ -103,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG path (a .json summary is written beside it)")
     args = parser.parse_args(argv)
     summary = overlay_real_scan(args.model_dir, args.image, args.out)
-    print(json.dumps({k: summary[k] for k in ("shape", "cranial_to_caudal", "out_of_order_pairs")}, indent=1))
+    print(json.dumps({k: summary[k] for k in ("shape", "cranial_to_caudal", "out_of_order_pairs", "post_processed")},
+                     indent=1))
     return 0
 
 

@@ -101,3 +101,4 @@ def test_real_scan_overlay_runs_with_t2_alone(tiny_model_dir, shared_data, tmp_p
     summary = overlay_real_scan(tiny_model_dir, image, tmp_path / "overlay.png")
     assert (tmp_path / "overlay.png").stat().st_size > 10_000
     assert summary["shape"][1:] == [201, 257]
+    assert summary["post_processed"]["out_of_order_pairs"] == 0  # the delivered labels always stack in order
