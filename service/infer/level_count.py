@@ -6,9 +6,11 @@ kind of each voxel (sacrum, vertebra, disc) and named by their rank:
 
 1. Disc components are the separators. They are ordered along the spine; a spacing about twice the
    usual one means a disc the model missed, and the count skips a level there.
-2. The vertebral voxels between two consecutive disc planes form one vertebra (each disc's plane is
-   fitted in the sagittal plane, so lordosis tilts it with the disc), which also splits two vertebrae
-   the model let touch, and merges one vertebra the model painted with two level labels.
+2. The vertebral body voxels between two consecutive disc planes form one vertebra (each disc's plane
+   is fitted in the sagittal plane, so lordosis tilts it with the disc), which also splits two vertebrae
+   the model let touch, and merges one vertebra the model painted with two level labels. Behind the
+   discs the planes would cut the spinous processes, which slope down over the level below, so the arch
+   voxels follow their body instead: they keep the model's label, renamed as that label's body was.
 3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies right under the lowest
    disc, that disc is L5/S1: the sacrum is the landmark levels are counted from, whatever the model
    called the discs. Otherwise (sacrum out of view or not found) the offset is the one whose names
@@ -20,7 +22,7 @@ With fewer than two discs there is nothing to count between; the caller keeps th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -34,6 +36,8 @@ DISC_MERGE_MM = 6.0
 """Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
 GAP_RATIO = 1.6
 """A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
+BODY_MARGIN_MM = 3.0
+"""Vertebral voxels up to this far in front of or behind the discs' extent count as vertebral body."""
 MAX_OFF_AXIS_MM = 40.0
 """A disc component farther than this from the line of the other discs is not part of the column."""
 
@@ -79,33 +83,37 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, 
 
     for disc in discs:
         disc.normal = _disc_normal(disc.points, grid, axis)
-    vertebra_index = _interval_index(kind == KIND_CODES["vertebra"], discs, grid)
-    sacrum_index = _interval_index(kind == KIND_CODES["sacrum"], discs, grid)
-    sacrum_below = sacrum_index == 0
-    has_sacrum = bool(sacrum_below.any())
-    anchored = has_sacrum and _gap_below(sacrum_below, discs[0], grid) <= SACRUM_REACH * _usual_spacing(
+        disc.depth_dir, disc.depth_range = _disc_depth(disc, grid)
+    vertebra_index, vertebra_body = _place(kind == KIND_CODES["vertebra"], discs, grid)
+    sacrum_index, sacrum_body = _place(kind == KIND_CODES["sacrum"], discs, grid)
+    body_index = np.where(vertebra_body, vertebra_index, -1)
+    sacrum_out = (sacrum_index > 0) & sacrum_body  # a "sacrum" in the column above the lowest disc
+    sacrum_kept = (sacrum_index >= 0) & ~sacrum_out
+    sacrum_top = (sacrum_index == 0) & sacrum_body
+    anchored = bool(sacrum_top.any()) and _gap_below(sacrum_top, discs[0], grid) <= SACRUM_REACH * _usual_spacing(
         discs, axis)
     best, best_score = 0, -np.inf
     for offset in range(1 if anchored else len(disc_order) - positions[-1]):
-        score = _chain_score(labels, discs, positions, vertebra_index, offset, disc_order, vertebra_order)
+        score = _chain_score(labels, discs, positions, body_index, offset, disc_order, vertebra_order)
         if score > best_score + 1e-9:
             best, best_score = offset, score
 
     sacrum = next(s for s in ontology.structures if s.kind == "sacrum")
     named: list[CountedStructure] = []
-    below_lowest = vertebra_index == 0
-    if best == 0:  # vertebral voxels under L5/S1 are sacrum that the model took for a vertebra
-        named.append(CountedStructure(sacrum, sacrum_below | below_lowest))
+    below_lowest = body_index == 0
+    if best == 0:  # vertebral bodies under L5/S1 are sacrum that the model took for a vertebra
+        named.append(CountedStructure(sacrum, sacrum_kept | below_lowest))
     else:
-        if has_sacrum:
-            named.append(CountedStructure(sacrum, sacrum_below))
+        named.append(CountedStructure(sacrum, sacrum_kept))
         named.append(CountedStructure(vertebra_order[best + positions[0] - 1], below_lowest))
     for i, disc in enumerate(discs):
         named.append(CountedStructure(disc_order[best + positions[i]], disc.mask))
         top = best + positions[i + 1] if i + 1 < len(discs) else best + positions[i] + 1
         allowed = vertebra_order[best + positions[i]:min(top, len(vertebra_order))]
-        named.extend(_split_interval(labels, vertebra_index == i + 1, allowed))
-    dropped = [(sacrum_index > 0, "sacrum above the lowest disc")] if (sacrum_index > 0).any() else []
+        named.extend(_split_interval(labels, body_index == i + 1, allowed))
+    orphans = _attach_posterior_elements(labels, (vertebra_index >= 0) & ~vertebra_body, named)
+    dropped = [(mask, why) for mask, why in ((sacrum_out, "sacrum above the lowest disc"),
+                                             (orphans, "no vertebral body of this level")) if mask.any()]
     named = [n for n in named if n.mask.any()]
     return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
 
@@ -116,7 +124,9 @@ class _Disc:
     points: np.ndarray
     """Patient coordinates (mm) of the disc's voxels."""
     centroid: np.ndarray
-    normal: np.ndarray | None = None
+    normal: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    depth_dir: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    depth_range: tuple[float, float] = (0.0, 0.0)
 
 
 def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
@@ -199,18 +209,61 @@ def _disc_normal(points: np.ndarray, grid, axis: np.ndarray) -> np.ndarray:
     return normal if normal @ axis >= 0 else -normal
 
 
-def _interval_index(voxels: np.ndarray, discs: list[_Disc], grid) -> np.ndarray:
-    """Per voxel: how many disc planes lie below it (0 under the lowest disc); -1 where not ``voxels``."""
-    out = np.full(voxels.shape, -1, np.int8)
+def _disc_depth(disc: _Disc, grid) -> tuple[np.ndarray, tuple[float, float]]:
+    """The disc's front-to-back direction in the sagittal plane and its extent along it (mm from centroid)."""
+    direction = np.cross(disc.normal, grid.normal)
+    direction /= np.linalg.norm(direction)
+    depth = (disc.points - disc.centroid) @ direction
+    return direction, (float(depth.min()), float(depth.max()))
+
+
+def _place(voxels: np.ndarray, discs: list[_Disc], grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel of ``voxels``: how many disc planes lie below it (0 under the lowest disc, -1 elsewhere),
+    and whether it lies in the column of the discs bounding it (a vertebral body, not its posterior arch).
+
+    Disc planes extended behind the column would cut the spinous processes, which slope down over the
+    level below, so only voxels in front of the discs' back edges are named by the planes."""
+    index = np.full(voxels.shape, -1, np.int8)
+    body = np.zeros(voxels.shape, dtype=bool)
     where = np.argwhere(voxels)
     if where.size == 0:
-        return out
+        return index, body
     points = grid.index_to_patient(where)
     above = np.zeros(len(points), np.int8)
-    for disc in discs:
+    in_column = np.zeros((len(discs), len(points)), dtype=bool)
+    for i, disc in enumerate(discs):
         above += ((points - disc.centroid) @ disc.normal > 0).astype(np.int8)
-    out[tuple(where.T)] = above
-    return out
+        depth = (points - disc.centroid) @ disc.depth_dir
+        lo, hi = disc.depth_range
+        in_column[i] = (depth >= lo - BODY_MARGIN_MM) & (depth <= hi + BODY_MARGIN_MM)
+    columns = np.arange(len(points))
+    below_disc = np.clip(above.astype(np.int64) - 1, 0, len(discs) - 1)
+    above_disc = np.clip(above.astype(np.int64), 0, len(discs) - 1)
+    inside = in_column[below_disc, columns] | in_column[above_disc, columns]
+    index[tuple(where.T)] = above
+    body[tuple(where.T)] = inside
+    return index, body
+
+
+def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure]
+                               ) -> np.ndarray:
+    """Give each vertebra the arch voxels of the label the model gave its body; returns the voxels left over.
+
+    Where counting renamed a body (the model's L4 is L3), its arch is renamed with it."""
+    owner: dict[int, tuple[int, CountedStructure]] = {}
+    for n in named:
+        if n.structure.kind != "vertebra" or not n.mask.any():
+            continue
+        values, counts = np.unique(labels[n.mask], return_counts=True)
+        raw, count = int(values[np.argmax(counts)]), int(counts.max())
+        if count > owner.get(raw, (0, n))[0]:
+            owner[raw] = (count, n)
+    leftover = posterior.copy()
+    for raw, (_, n) in owner.items():
+        arch = posterior & (labels == raw)
+        n.mask = n.mask | arch
+        leftover &= ~arch
+    return leftover
 
 
 def _vote(labels: np.ndarray, mask: np.ndarray, wanted: list[Structure]) -> float:

@@ -217,3 +217,31 @@ def test_two_vertebrae_touching_where_the_model_missed_part_of_a_disc_are_split_
     assert result.level(l4).voxels > 3 * VERTEBRA_ROWS * 30  # it took the lower half of the missed disc
     assert result.level(l3).voxels > 3 * VERTEBRA_ROWS * 30
     assert (result.labels == disc).sum() == 2 * DISC_ROWS * 30  # the disc's two slices, merged as one
+
+
+def _with_arches(labels_caudal_to_cranial: list[int]) -> np.ndarray:
+    """Vertebral bodies (columns 4-23) each with an arch behind it: a pedicle at the body's height, then a
+    spinous process that slopes down behind the disc below, as far as the next body's upper half."""
+    labels = _spine(labels_caudal_to_cranial, (SLICES, ROWS, COLS), cols=slice(4, 24))
+    out = labels.copy()
+    for value in (s.label for s in ONT.of_kind("vertebra")):
+        rows = np.flatnonzero((labels == value).any(axis=(0, 2)))
+        if rows.size:
+            out[1:4, rows[0]:rows[-1] + 1, 24:30] = value
+            out[1:4, rows[0] + 8:rows[-1] + 9, 30:46] = value
+    return out
+
+
+def test_posterior_arches_below_the_next_disc_plane_keep_the_level_of_their_body():
+    labels = _with_arches(CANONICAL)
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    np.testing.assert_array_equal(result.labels, labels)
+    assert result.changes == []
+
+
+def test_posterior_arches_are_renamed_with_their_bodies_when_the_column_is_recounted():
+    order = [s.label for s in ONT.caudal_to_cranial()]
+    shifted = [order[0]] + order[3:13]
+    result = postprocess(_with_arches(shifted), {}, ONT, {}, grid())
+    np.testing.assert_array_equal(result.labels, _with_arches(CANONICAL))
