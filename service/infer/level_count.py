@@ -34,6 +34,8 @@ SACRUM_REACH = 0.5
 the lowest disc's plane (farther away, the model may have missed L5/S1 and the L5 vertebra)."""
 DISC_MERGE_MM = 6.0
 """Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
+CROWDED_RATIO = 0.5
+"""Two discs closer than this multiple of the median spacing cannot both be discs."""
 GAP_RATIO = 1.6
 """A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
 BODY_MARGIN_MM = 3.0
@@ -70,7 +72,7 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, 
     if len(discs) < 2:
         return None
     axis = _axis_through([d.centroid for d in discs])
-    discs = _merge_close(sorted(discs, key=lambda d: float(d.centroid @ axis)), axis)
+    discs = _drop_crowded(_merge_close(sorted(discs, key=lambda d: float(d.centroid @ axis)), axis), axis)
     if len(discs) < 2:
         return None
     positions = _disc_positions(discs, axis)
@@ -137,12 +139,13 @@ def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
 
 
 def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int, fragment_fraction: float) -> list[_Disc]:
+    """Disc candidates: components at least ``fragment_fraction`` of the largest one's size (a stray
+    fragment counted as a disc would shift every level above it), on the line of the column."""
     cc, n = ndimage.label(disc_voxels, structure=np.ones((3, 3, 3)))
     if n == 0:
         return []
     sizes = np.bincount(cc.ravel())[1:]
-    keep_at = max(min_voxels, fragment_fraction * float(np.median(sizes[sizes >= min_voxels]))
-                  if (sizes >= min_voxels).any() else min_voxels)
+    keep_at = max(min_voxels, fragment_fraction * float(sizes.max()))
     discs = []
     for index in np.flatnonzero(sizes >= keep_at):
         mask = cc == index + 1
@@ -184,6 +187,20 @@ def _gap_below(voxels: np.ndarray, disc: _Disc, grid) -> float:
     """Distance (mm) from the disc's plane down to the highest of ``voxels`` (all below it)."""
     points = grid.index_to_patient(np.argwhere(voxels))
     return float(-((points - disc.centroid) @ disc.normal).max())
+
+
+def _drop_crowded(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
+    """Of two discs closer than half the usual spacing, keep the bigger: no two levels are that close."""
+    discs = list(discs)
+    while len(discs) >= 3:
+        along = np.array([float(d.centroid @ axis) for d in discs])
+        gaps = np.diff(along)
+        i = int(np.argmin(gaps))
+        if gaps[i] >= CROWDED_RATIO * float(np.median(gaps)):
+            break
+        smaller = i if discs[i].mask.sum() < discs[i + 1].mask.sum() else i + 1
+        del discs[smaller]
+    return discs
 
 
 def _disc_positions(discs: list[_Disc], axis: np.ndarray) -> list[int]:
