@@ -8,13 +8,15 @@ and ImageSeriesReader's view of the DICOM series agree to the last written digit
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from .geometry import SliceStack
@@ -135,22 +137,55 @@ def _base_dataset(study: StudyInfo, series_uid: str, series_number: int, protoco
     return ds
 
 
-def _raw(ds: Dataset) -> Dataset:
-    """The dataset re-read from its own encoding: its elements stay raw bytes, which pydicom writes
-    without re-encoding them, so the common part of every slice is encoded once per series."""
-    buf = BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=False, little_endian=True, implicit_vr=False)
-    return pydicom.dcmread(BytesIO(buf.getvalue()), force=True)
+def _encode(ds: Dataset) -> dict[int, bytes]:
+    """Every element of ``ds`` encoded on its own in Explicit VR Little Endian, keyed by tag: a file is
+    then the concatenation in tag order, so elements shared by a series are encoded once, not per file."""
+    out = {}
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem, ds.get("SpecificCharacterSet"))
+        out[int(elem.tag)] = fp.getvalue()
+    return out
+
+
+def _short(tag: int, vr: str, value: str) -> bytes:
+    """One text element with a 16-bit length (Explicit VR Little Endian), padded to an even length as
+    pydicom pads it: UI with a NUL, other text with a space. For the few elements that differ per file."""
+    raw = value.encode("ascii")
+    if len(raw) % 2:
+        raw += b"\0" if vr == "UI" else b" "
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(raw)) + raw
+
+
+def _preamble_and_meta(instance_uid: str) -> bytes:
+    """Preamble, "DICM" and File Meta Information, as ``save_as(enforce_file_format=True)`` writes them."""
+    body = (struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\0\1"
+            + _short(0x00020002, "UI", MRImageStorage)
+            + _short(0x00020003, "UI", instance_uid)
+            + _short(0x00020010, "UI", ExplicitVRLittleEndian)
+            + _short(0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID)
+            + _short(0x00020013, "SH", f"PYDICOM {pydicom.__version__}"[:16]))
+    return b"\0" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def _pixel_data_header(nbytes: int) -> bytes:
+    """(7FE0,0010) Pixel Data, VR OW, 32-bit length: its value (the slice's bytes) is written straight after."""
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, nbytes)
 
 
 def write_series(folder: Path, study: StudyInfo, series_uid: str, series_number: int, protocol: Protocol,
                  stacks: list[SliceStack], pixels: list[np.ndarray], name: str) -> list[Path]:
     """Write one series; ``stacks`` has one entry per orientation block (three for a 3-plane localizer).
 
-    ``pixels[i]`` is (slices, rows, cols) uint16 in the sorted order of ``stacks[i]``.
+    ``pixels[i]`` is (slices, rows, cols) uint16 in the sorted order of ``stacks[i]``. Each block's
+    common elements are encoded once by pydicom; per file only the file meta and the four elements that
+    differ (SOP Instance UID, Instance Number, Image Position, Slice Location) are encoded, by hand, and
+    the pixel bytes are written as they are. The files are byte for byte what pydicom's ``save_as``
+    writes (a test checks this); building and saving a Dataset per file cost four times as much.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    base = _raw(_base_dataset(study, series_uid, series_number, protocol))
+    base = _base_dataset(study, series_uid, series_number, protocol)
     written: list[Path] = []
     instance = 0
     for block, (stack, px) in enumerate(zip(stacks, pixels, strict=True)):
@@ -158,33 +193,34 @@ def write_series(folder: Path, study: StudyInfo, series_uid: str, series_number:
         pos = q.positions()
         normal = q.normal
         hi = int(px.max()) if px.size else 1
+        ds = Dataset()
+        ds.update(base)
+        ds.ImageOrientationPatient = [ds_str(v) for v in q.orientation()]
+        ds.SliceThickness = ds_str(stack.thickness)
+        ds.SpacingBetweenSlices = ds_str(abs(q.slice_spacing))
+        ds.PixelSpacing = [ds_str(q.pixel_spacing), ds_str(q.pixel_spacing)]
+        ds.Rows, ds.Columns = stack.rows, stack.cols
+        ds.AcquisitionMatrix = [0, stack.cols, stack.rows, 0]
+        ds.InPlanePhaseEncodingDirection = "ROW"
+        ds.WindowCenter = ds_str(hi * 0.45)
+        ds.WindowWidth = ds_str(max(hi * 0.9, 1))
+        encoded = _encode(ds)
+        px = px.astype("<u2", copy=False)
         for order_index in range(stack.num_slices):
             k = stack.instance_order[order_index] if stack.instance_order else order_index
             instance += 1
-            ds = Dataset()
-            ds.update(base)
-            ds.SOPInstanceUID = uid(study.seed, name, block, k)
-            ds.InstanceNumber = instance
-            ds.ImagePositionPatient = [ds_str(v) for v in pos[k]]
-            ds.ImageOrientationPatient = [ds_str(v) for v in q.orientation()]
-            ds.SliceLocation = ds_str(float(np.dot(pos[k], normal)))
-            ds.SliceThickness = ds_str(stack.thickness)
-            ds.SpacingBetweenSlices = ds_str(abs(q.slice_spacing))
-            ds.PixelSpacing = [ds_str(q.pixel_spacing), ds_str(q.pixel_spacing)]
-            ds.Rows, ds.Columns = stack.rows, stack.cols
-            ds.AcquisitionMatrix = [0, stack.cols, stack.rows, 0]
-            ds.InPlanePhaseEncodingDirection = "ROW"
-            ds.WindowCenter = ds_str(hi * 0.45)
-            ds.WindowWidth = ds_str(max(hi * 0.9, 1))
-            ds.PixelData = np.ascontiguousarray(px[k], dtype="<u2").tobytes()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
-            ds.file_meta = meta
+            sop_uid = uid(study.seed, name, block, k)
+            elements = {**encoded,
+                        0x00080018: _short(0x00080018, "UI", sop_uid),
+                        0x00200013: _short(0x00200013, "IS", str(instance)),
+                        0x00200032: _short(0x00200032, "DS", "\\".join(ds_str(v) for v in pos[k])),
+                        0x00201041: _short(0x00201041, "DS", ds_str(float(np.dot(pos[k], normal))))}
+            plane = np.ascontiguousarray(px[k])
             path = folder / f"IM_{instance:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            with path.open("wb") as f:
+                f.write(_preamble_and_meta(sop_uid))
+                f.write(b"".join(elements[tag] for tag in sorted(elements)))
+                f.write(_pixel_data_header(plane.nbytes))
+                f.write(memoryview(plane).cast("B"))
             written.append(path)
     return written
