@@ -63,9 +63,16 @@ def paint_soft_tissue(canvas: Canvas, spine: SpineModel) -> None:
 
 def _soft_tissue(spine: SpineModel, s: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray
                  ) -> np.ndarray:
-    """Terms that depend on (s, t) only are computed before being combined with x."""
+    """Terms that depend on (s, t) only are computed before being combined with x.
+
+    On a volume canvas (s, t, y, z) vary over a (z, y) plane and x along the third axis, so every test
+    is written as "a function of x against a bound from the plane" (an ellipse as (dx/w)^2 < 1 - (.)^2,
+    a mask as a bound that nothing meets): one full-size comparison each instead of three or four.
+    """
     f32 = np.float32
+    never = f32(-1.0)  # a bound no square reaches
     dx = x - f32(spine.x0)
+    adx = np.abs(dx)
     a = half_depth_at(spine, s)
     # the skin follows a heavily smoothed spine: the back is hollow at the lordosis, but less than the spine
     axis_y = body_axis_y(spine, z)
@@ -76,25 +83,28 @@ def _soft_tissue(spine: SpineModel, s: np.ndarray, t: np.ndarray, x: np.ndarray,
     half_ap = f32(0.5) * (back - front)
     bw, fat = f32(spine.body_half_width), f32(spine.fat_depth)
     yc = y - centre
-    body = (yc / half_ap) ** 2 + (dx / bw) ** 2 <= 1.0
-    inner = (yc / (half_ap - fat)) ** 2 + (dx / (bw - fat)) ** 2 <= 1.0
+    body = (dx / bw) ** 2 <= f32(1.0) - (yc / half_ap) ** 2
+    inner = (dx / (bw - fat)) ** 2 <= f32(1.0) - (yc / (half_ap - fat)) ** 2
     posterior = t > a * f32(0.6)
     content = np.where(posterior, np.uint8(Tissue.MUSCLE),
                        np.where(thorax, np.uint8(Tissue.LUNG), np.uint8(Tissue.BOWEL)))
     wall = (y < front + fat + f32(12)) & ~thorax  # anterior abdominal wall muscle, just inside the fat
     content = np.where(wall, np.uint8(Tissue.MUSCLE), content)
     # retroperitoneal fat around the front of the spine, psoas beside the lumbar bodies, kidneys
-    retro = (((t + f32(0.3) * a) / (a + f32(28))) ** 2 + (dx / f32(75)) ** 2 < 1.0) & (t < a * f32(0.6))
+    retro_bound = np.where(t < a * f32(0.6), f32(1.0) - ((t + f32(0.3) * a) / (a + f32(28))) ** 2, never)
+    retro = (dx / f32(75)) ** 2 < retro_bound
     kidney_s = (s > spine.diaphragm_s - 120) & (s < spine.diaphragm_s + 15)
-    kidney = kidney_s & ((((t - f32(0.5) * a) / f32(28)) ** 2 + ((np.abs(dx) - f32(70)) / f32(32)) ** 2) < 1.0)
+    kidney_bound = np.where(kidney_s, f32(1.0) - ((t - f32(0.5) * a) / f32(28)) ** 2, never)
+    kidney = ((adx - f32(70)) / f32(32)) ** 2 < kidney_bound
     lumbar = (s > 0) & (s < spine.diaphragm_s) & (t > -a - f32(12)) & (t < a * f32(0.5))
     psoas_w = f32(14) + f32(10) * np.clip((spine.diaphragm_s - s) / f32(max(spine.diaphragm_s, 1.0)), 0, 1)
-    psoas = lumbar & (np.abs(np.abs(dx) - (a + f32(14))) < psoas_w)
+    psoas_w = np.where(lumbar, psoas_w, f32(0))  # | |dx| - (a + 14) | < 0 never holds
+    psoas = (adx > a + f32(14) - psoas_w) & (adx < a + f32(14) + psoas_w)
     vessels = np.zeros((), bool)
     for dx_c, radius, s_lo in ((12.0, 11.0, spine.aorta_bifurcation_s),
                                (-22.0, 10.0, spine.aorta_bifurcation_s - 10)):
-        vessels = vessels | ((((t + a + f32(radius + 3)) ** 2 - f32(radius ** 2)) + (dx - f32(dx_c)) ** 2 < 0)
-                             & (s > s_lo))
+        bound = np.where(s > s_lo, f32(radius ** 2) - (t + a + f32(radius + 3)) ** 2, never)
+        vessels = vessels | ((dx - f32(dx_c)) ** 2 < bound)
     inside = np.where(vessels, np.uint8(Tissue.VESSEL),
                       np.where(psoas, np.uint8(Tissue.MUSCLE), np.where(retro, np.uint8(Tissue.FAT), content)))
     inside = np.where(kidney & ~psoas, np.uint8(Tissue.KIDNEY), inside)

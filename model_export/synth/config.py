@@ -36,7 +36,7 @@ class SynthConfig:
     axial_matrix: tuple[int, int] = (256, 320)
     axial_slices: tuple[int, int] = (12, 20)
     localizer_matrix: int = 256
-    render_spacing: float = 0.8  # in-plane spacing of the fine grid the anatomy is drawn on, mm
+    render_spacing: float = 0.9  # in-plane spacing of the fine grid the anatomy is drawn on, mm
     oblique_probability: float = 0.5  # slightly off-axis sagittal planes
     max_oblique_deg: float = 4.0
     noise: tuple[float, float] = (0.01, 0.035)  # Rician sigma as a fraction of the brightest tissue

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import correlate1d, uniform_filter1d
+from scipy.special import ndtri
 
 from .geometry import SliceStack
 from .tissues import NUM_TISSUES, Tissue
@@ -74,12 +75,13 @@ def texture_field(shape: tuple[int, int, int], rng: np.random.Generator, cell: i
     """Smooth zero-mean noise per slice: coarse Gaussian cells repeated, then box-smoothed in-plane.
 
     (A box-smoothed step field is piecewise linear, as a linear zoom would give, at a fifth of the cost.)
+    Rows are repeated and smoothed while the columns are still coarse, then the columns: the same
+    numbers as repeating both first, with one full-size pass fewer.
     """
     n, rows, cols = shape
     coarse = rng.standard_normal((n, rows // cell + 2, cols // cell + 2)).astype(np.float32)
-    field = np.repeat(np.repeat(coarse, cell, axis=1), cell, axis=2)[:, :rows, :cols]
-    field = uniform_filter1d(field, cell, axis=1)
-    return uniform_filter1d(field, cell, axis=2)
+    field = uniform_filter1d(np.repeat(coarse, cell, axis=1)[:, :rows], cell, axis=1)
+    return uniform_filter1d(np.repeat(field, cell, axis=2)[:, :, :cols], cell, axis=2)
 
 
 def apply_texture(image: np.ndarray, tissue: np.ndarray, contrast: Contrast, rng: np.random.Generator
@@ -132,8 +134,12 @@ def partial_volume_sample(signal: np.ndarray, origin: np.ndarray, spacing: tuple
     return resample(to_sitk(slab, origin, spacing), stack, sitk.sitkLinear)
 
 
-def bias_field(stack: SliceStack, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Receive-coil sensitivity: brighter near the posterior coil, smooth elsewhere."""
+def bias_field(stack: SliceStack, rng: np.random.Generator, strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """Receive-coil sensitivity: brighter near the posterior coil, smooth elsewhere.
+
+    Returned as the in-plane field (rows, cols) and a factor per slice (slices,), whose product is the
+    3D field: it is applied slice by slice, never built at full size.
+    """
     rows, cols = stack.rows, stack.cols
     v, u = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
     posterior = float(np.sign(stack.row_dir[1])) * u  # +1 at the patient's back for sagittal planes
@@ -142,26 +148,38 @@ def bias_field(stack: SliceStack, rng: np.random.Generator, strength: float) -> 
     field = np.exp(log).astype(np.float32)
     slope = rng.uniform(-0.04, 0.04)
     per_slice = 1.0 + slope * np.linspace(-1, 1, stack.num_slices)
-    return per_slice[:, None, None].astype(np.float32) * field[None]
+    return field, per_slice.astype(np.float32)
+
+
+# Equiprobable quantiles of the standard normal (midpoints of 65536 bins of equal probability). Looking
+# up 16 random bits in this table is a normal draw to within 1e-4 sigma near the mean, clipped at
+# +-4.3 sigma (1.5e-5 of draws lie beyond): indistinguishable once the image is rounded to integers,
+# and about four times cheaper than numpy's float32 normals (two per pixel of every series).
+NORMAL_QUANTILES = ndtri((np.arange(65536) + 0.5) / 65536).astype(np.float32)
 
 
 def acquire(image: np.ndarray, stack: SliceStack, rng: np.random.Generator, noise: tuple[float, float],
             bias: tuple[float, float], scale: float) -> np.ndarray:
-    """Bias field, Rician noise and scaling to scanner integers (uint16, 12 bits used)."""
-    img = image * bias_field(stack, rng, rng.uniform(*bias))
-    sigma = np.float32(rng.uniform(*noise))
-    # in place, two full-size temporaries: these arrays are the largest of the study
-    real = rng.standard_normal(img.shape, dtype=np.float32)
-    real *= sigma
-    real += img
+    """Bias field, Rician noise and scaling to scanner integers (uint16, 12 bits used).
+
+    The magnitude |signal + n1 + i n2| with n1, n2 independent N(0, sigma^2) per pixel. The scale to
+    scanner units is folded into the bias field and the noise table, saving a pass over the volume.
+    """
+    field, per_slice = bias_field(stack, rng, rng.uniform(*bias))
+    sigma = np.float32(rng.uniform(*noise) * scale)
+    draws = rng.integers(0, 65536, size=(2, *image.shape), dtype=np.uint16)
+    real = np.empty(image.shape, np.float32)
+    field *= np.float32(scale)
+    for k in range(image.shape[0]):
+        np.multiply(image[k], field * per_slice[k], out=real[k])
+    # in place, one float32 temporary besides the result: these arrays are the largest of the study
+    noise_part = np.take(NORMAL_QUANTILES * sigma, draws[0])
+    real += noise_part
     real *= real
-    imag = rng.standard_normal(img.shape, dtype=np.float32)
-    imag *= sigma
-    imag *= imag
-    real += imag
+    np.take(np.square(NORMAL_QUANTILES * sigma), draws[1], out=noise_part)
+    real += noise_part
     np.sqrt(real, out=real)
-    real *= np.float32(scale)
-    np.clip(real, 0, 4095, out=real)
+    np.minimum(real, np.float32(4095), out=real)
     return real.astype(np.uint16)
 
 

@@ -121,8 +121,10 @@ class SpineModel:
         was three times slower, because points far from a nearly straight curve visit most of its nodes.
         """
         curve = self.curve_yz
-        coarse = curve[::stride]
-        d2 = (pts[:, None, 0] - coarse[None, :, 0]) ** 2 + (pts[:, None, 1] - coarse[None, :, 1]) ** 2
+        # the coarse search in float32 (a third faster): it only picks the window the exact search scans
+        coarse = curve[::stride].astype(np.float32)
+        p32 = pts.astype(np.float32)
+        d2 = (p32[:, None, 0] - coarse[None, :, 0]) ** 2 + (p32[:, None, 1] - coarse[None, :, 1]) ** 2
         centre = np.argmin(d2, axis=1) * stride
         cand = np.clip(centre[:, None] + np.arange(-stride, stride + 1)[None, :], 0, len(curve) - 1)
         d2 = (pts[:, None, 0] - curve[cand, 0]) ** 2 + (pts[:, None, 1] - curve[cand, 1]) ** 2
