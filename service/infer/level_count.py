@@ -11,11 +11,11 @@ kind of each voxel (sacrum, vertebra, disc) and named by their rank:
    the model let touch, and merges one vertebra the model painted with two level labels. Behind the
    discs the planes would cut the spinous processes, which slope down over the level below, so the arch
    voxels follow their body instead: they keep the model's label, renamed as that label's body was.
-3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies right under the lowest
-   disc, that disc is L5/S1: the sacrum is the landmark levels are counted from, whatever the model
-   called the discs. Otherwise (sacrum out of view or not found) the offset is the one whose names
-   agree best with the model's own labels, each structure's vote being the share of its voxels the
-   model gave that name.
+3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies under the lowest disc,
+   levels are counted up from it, whatever the model called the discs: right under it, that disc is
+   L5/S1; a gap of about one disc spacing means the model missed one level there, and so on.
+   Otherwise (sacrum out of view or not found) the offset is the one whose names agree best with the
+   model's own labels, each structure's vote being the share of its voxels the model gave that name.
 
 With fewer than two discs there is nothing to count between; the caller keeps the model's labels.
 """
@@ -29,9 +29,13 @@ from scipy import ndimage
 
 from service.ontology import Ontology, Structure
 
-SACRUM_REACH = 0.5
-"""The sacrum anchors the count when its top lies within this share of the usual disc spacing below
-the lowest disc's plane (farther away, the model may have missed L5/S1 and the L5 vertebra)."""
+LEVELS_UNDER_ROUNDING = 0.35
+"""Levels missed between the sacrum and the lowest disc found: floor(gap / spacing + this). A sacrum right
+under the disc (gap about half a disc) gives 0; one vertebra and disc missed (gap about 1.1 spacings) 1."""
+DISC_MIN_SHARE = 0.1
+"""Disc components smaller than this share of the largest are fragments. Thoracic discs and discs cut by
+the edge of the field of view are a fifth of a lumbar disc or less; fragments close to a real disc are
+caught by CROWDED_RATIO instead."""
 DISC_MERGE_MM = 6.0
 """Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
 CROWDED_RATIO = 0.5
@@ -64,11 +68,10 @@ class Counting:
     anchored_on_sacrum: bool
 
 
-def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, fragment_fraction: float
-                 ) -> Counting | None:
+def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) -> Counting | None:
     """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
     kind = _kind_map(labels, ontology)
-    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels, fragment_fraction)
+    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels)
     if len(discs) < 2:
         return None
     axis = _axis_through([d.centroid for d in discs])
@@ -92,10 +95,15 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, 
     sacrum_out = (sacrum_index > 0) & sacrum_body  # a "sacrum" in the column above the lowest disc
     sacrum_kept = (sacrum_index >= 0) & ~sacrum_out
     sacrum_top = (sacrum_index == 0) & sacrum_body
-    anchored = bool(sacrum_top.any()) and _gap_below(sacrum_top, discs[0], grid) <= SACRUM_REACH * _usual_spacing(
-        discs, axis)
+    offsets = range(len(disc_order) - positions[-1])
+    anchored = bool(sacrum_top.any())
+    if anchored:  # count up from the sacrum, including the levels the model missed just above it
+        lowest_spacing = float((discs[1].centroid - discs[0].centroid) @ axis) / (positions[1] - positions[0])
+        missed = int(np.floor(_gap_below(sacrum_top, discs[0], grid) / lowest_spacing + LEVELS_UNDER_ROUNDING))
+        anchored = missed in offsets
+        offsets = range(missed, missed + 1) if anchored else offsets
     best, best_score = 0, -np.inf
-    for offset in range(1 if anchored else len(disc_order) - positions[-1]):
+    for offset in offsets:
         score = _chain_score(labels, discs, positions, body_index, offset, disc_order, vertebra_order)
         if score > best_score + 1e-9:
             best, best_score = offset, score
@@ -114,9 +122,11 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, 
         allowed = vertebra_order[best + positions[i]:min(top, len(vertebra_order))]
         named.extend(_split_interval(labels, body_index == i + 1, allowed))
     orphans = _attach_posterior_elements(labels, (vertebra_index >= 0) & ~vertebra_body, named)
+    orphans = _edge_arches(labels, orphans, named, vertebra_order)
     dropped = [(mask, why) for mask, why in ((sacrum_out, "sacrum above the lowest disc"),
                                              (orphans, "no vertebral body of this level")) if mask.any()]
-    named = [n for n in named if n.mask.any()]
+    order = ontology.caudal_to_cranial()
+    named = sorted((n for n in named if n.mask.any()), key=lambda n: order.index(n.structure))
     return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
 
 
@@ -138,14 +148,14 @@ def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
     return lut[labels]
 
 
-def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int, fragment_fraction: float) -> list[_Disc]:
-    """Disc candidates: components at least ``fragment_fraction`` of the largest one's size (a stray
-    fragment counted as a disc would shift every level above it), on the line of the column."""
+def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int) -> list[_Disc]:
+    """Disc candidates: components at least DISC_MIN_SHARE of the largest one's size (a stray fragment
+    counted as a disc would shift every level above it), on the line of the column."""
     cc, n = ndimage.label(disc_voxels, structure=np.ones((3, 3, 3)))
     if n == 0:
         return []
     sizes = np.bincount(cc.ravel())[1:]
-    keep_at = max(min_voxels, fragment_fraction * float(sizes.max()))
+    keep_at = max(min_voxels, DISC_MIN_SHARE * float(sizes.max()))
     discs = []
     for index in np.flatnonzero(sizes >= keep_at):
         mask = cc == index + 1
@@ -281,6 +291,22 @@ def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named:
         n.mask = n.mask | arch
         leftover &= ~arch
     return leftover
+
+
+def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStructure],
+                 vertebra_order: list[Structure]) -> np.ndarray:
+    """Arch voxels of the vertebra just beyond either end of the column keep the model's label: at the
+    edge of the field of view a spinous process is often in view while its body is not."""
+    ranks = [vertebra_order.index(n.structure) for n in named if n.structure in vertebra_order and n.mask.any()]
+    if not ranks or not orphans.any():
+        return orphans
+    for rank in (min(ranks) - 1, max(ranks) + 1):
+        if 0 <= rank < len(vertebra_order):
+            arch = orphans & (labels == vertebra_order[rank].label)
+            if arch.any():
+                named.append(CountedStructure(vertebra_order[rank], arch))
+                orphans = orphans & ~arch
+    return orphans
 
 
 def _vote(labels: np.ndarray, mask: np.ndarray, wanted: list[Structure]) -> float:

@@ -137,7 +137,7 @@ def postprocess(
     changes: list[Change] = []
     raw_labels = _drop_unknown_labels(np.asarray(raw_labels), ontology, changes)
     min_voxels = int(np.ceil(MIN_STRUCTURE_MM3 / voxel_mm3))
-    counting = count_levels(raw_labels, ontology, grid, min_voxels, FRAGMENT_FRACTION)
+    counting = count_levels(raw_labels, ontology, grid, min_voxels)
     if counting is not None:
         placed, axis = _counted_components(raw_labels, counting, grid, min_voxels, changes)
     else:

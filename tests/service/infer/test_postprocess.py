@@ -184,6 +184,18 @@ def test_a_column_named_one_level_too_high_is_counted_again_from_the_sacrum():
     assert len(result.changes) == 10
 
 
+def test_levels_missed_just_above_the_sacrum_are_counted_in_the_gap():
+    order = [s.label for s in ONT.caudal_to_cranial()]
+    truth = spine(CANONICAL)
+    truth[np.isin(truth, order[1:3])] = 0  # the model found neither the L5/S1 disc nor L5
+    called = truth.copy()
+    for i in range(3, 11):  # ... and named the rest from the lowest disc it found: L4/L5 became "L5/S1"
+        called[truth == order[i]] = order[i - 2]
+    result = postprocess(called, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == [order[0], *order[3:11]]
+    np.testing.assert_array_equal(result.labels, truth)
+
+
 def test_without_a_sacrum_the_model_names_win_and_a_consistent_column_is_kept():
     upper = CANONICAL[3:]  # L4/L5 disc up to L1: the sacrum and L5 are out of view
     result = postprocess(spine(upper), {}, ONT, {}, grid())
