@@ -257,3 +257,19 @@ def test_posterior_arches_are_renamed_with_their_bodies_when_the_column_is_recou
     shifted = [order[0]] + order[3:13]
     result = postprocess(_with_arches(shifted), {}, ONT, {}, grid())
     np.testing.assert_array_equal(result.labels, _with_arches(CANONICAL))
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_counting_on_a_generated_studys_ground_truth_gives_back_the_ground_truth(seed, tmp_path):
+    from model_export.data import read_generated_study
+    from model_export.synth import SynthConfig, generate_study
+    from model_export.synth.config import SMALL_TEST_CONFIG
+
+    config = SynthConfig(use_spider=False, include_axial=False, include_localizer=False, **SMALL_TEST_CONFIG)
+    generate_study(tmp_path / "study", seed=seed, config=config)
+    case = read_generated_study(tmp_path / "study")
+    result = postprocess(case.labels, {}, ONT, {}, case.grid())
+    assert np.mean(result.labels == case.labels) > 0.999  # only one-voxel rims may go
+    sizable = {int(v) for v, n in zip(*np.unique(case.labels, return_counts=True), strict=True) if v and n >= 100}
+    assert sizable <= {lv.label for lv in result.levels}
+    assert not [c for c in result.changes if c.kind == "relabelled"]
