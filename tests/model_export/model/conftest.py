@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.data import SAGITTAL_DIRECTION as SAGITTAL_ITK_DIRECTION
+
 torch = pytest.importorskip("torch")
 
-SAGITTAL_DIRECTION = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+SAGITTAL_DIRECTION = tuple(float(v) for v in SAGITTAL_ITK_DIRECTION.ravel())
 """Columns toward posterior, rows toward inferior, slices toward right: a sagittal DICOM series' axes."""
 
 
