@@ -13,7 +13,9 @@ kind of each voxel (sacrum, vertebra, disc) and named by their rank:
    voxels follow their body instead: they keep the model's label, renamed as that label's body was.
 3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies under the lowest disc,
    levels are counted up from it, whatever the model called the discs: right under it, that disc is
-   L5/S1; a gap of about one disc spacing means the model missed one level there, and so on.
+   L5/S1; an empty gap of about one disc spacing means the model missed one level there, and so on. A
+   vertebral body in that gap with no disc under it is the top of the sacrum (S1) taken for L5: on
+   generated validation studies that confusion was more common than a missed L5/S1 disc.
    Otherwise (sacrum out of view or not found) the offset is the one whose names agree best with the
    model's own labels, each structure's vote being the share of its voxels the model gave that name.
 
@@ -99,7 +101,10 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     anchored = bool(sacrum_top.any())
     if anchored:  # count up from the sacrum, including the levels the model missed just above it
         lowest_spacing = float((discs[1].centroid - discs[0].centroid) @ axis) / (positions[1] - positions[0])
-        missed = int(np.floor(_gap_below(sacrum_top, discs[0], grid) / lowest_spacing + LEVELS_UNDER_ROUNDING))
+        # a vertebral body between the sacrum and the lowest disc, with no disc under it, is the top of
+        # the sacrum (S1) that the model took for L5: such bodies close the gap
+        bone_under = sacrum_top | (body_index == 0)
+        missed = int(np.floor(_gap_below(bone_under, discs[0], grid) / lowest_spacing + LEVELS_UNDER_ROUNDING))
         anchored = missed in offsets
         offsets = range(missed, missed + 1) if anchored else offsets
     best, best_score = 0, -np.inf

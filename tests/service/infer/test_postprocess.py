@@ -196,6 +196,22 @@ def test_levels_missed_just_above_the_sacrum_are_counted_in_the_gap():
     np.testing.assert_array_equal(result.labels, truth)
 
 
+def test_the_top_of_the_sacrum_taken_for_l5_is_sacrum_and_the_disc_above_it_l5_s1():
+    order = [s.label for s in ONT.caudal_to_cranial()]
+    truth = spine(CANONICAL)
+    called = np.zeros_like(truth)
+    for i in range(1, 11):  # every disc and vertebra called one level too high
+        called[truth == order[i]] = order[i + 2]
+    sacrum_rows = np.flatnonzero((truth == order[0]).any(axis=(0, 2)))
+    called[truth == order[0]] = order[0]
+    top = called[:, sacrum_rows[:7]]
+    top[top == order[0]] = order[2]  # the upper half of the sacrum called "L5", with no disc under it
+    called[:, sacrum_rows[:7]] = top
+    result = postprocess(called, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    np.testing.assert_array_equal(result.labels, truth)
+
+
 def test_without_a_sacrum_the_model_names_win_and_a_consistent_column_is_kept():
     upper = CANONICAL[3:]  # L4/L5 disc up to L1: the sacrum and L5 are out of view
     result = postprocess(spine(upper), {}, ONT, {}, grid())
