@@ -38,12 +38,19 @@ DISC_MIN_SHARE = 0.1
 """Disc components smaller than this share of the largest are fragments. Thoracic discs and discs cut by
 the edge of the field of view are a fifth of a lumbar disc or less; fragments close to a real disc are
 caught by CROWDED_RATIO instead."""
+SACRUM_DEPTH_MM = 35.0
+"""A disc whose centre lies deeper than this below the top of the sacrum is inside it. (The L5/S1 disc
+sits on the tilted sacral plateau, whose back edge can rise some 25 mm above the disc's centre.)"""
+SACRUM_ABOVE_SHARE = 0.25
+"""A disc with more than this share of the sacrum in its column above its plane lies inside the sacrum."""
 DISC_MERGE_MM = 6.0
 """Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
 CROWDED_RATIO = 0.5
 """Two discs closer than this multiple of the median spacing cannot both be discs."""
 GAP_RATIO = 1.6
 """A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
+FRONT_MARGIN_MM = 8.0
+"""Vertebral voxels farther than this in front of the discs are not bone (anterior osteophytes are shorter)."""
 BODY_MARGIN_MM = 3.0
 """Vertebral voxels up to this far in front of or behind the discs' extent count as vertebral body."""
 MAX_OFF_AXIS_MM = 40.0
@@ -77,7 +84,11 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     if len(discs) < 2:
         return None
     axis = _axis_through([d.centroid for d in discs])
-    discs = _drop_crowded(_merge_close(sorted(discs, key=lambda d: float(d.centroid @ axis)), axis), axis)
+    discs = sorted(discs, key=lambda d: float(d.centroid @ axis))
+    discs = _outside_sacrum(discs, kind == KIND_CODES["sacrum"], grid, axis)
+    if len(discs) < 2:
+        return None
+    discs = _drop_crowded(_merge_close(discs, axis), axis)
     if len(discs) < 2:
         return None
     positions = _disc_positions(discs, axis)
@@ -90,9 +101,9 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
 
     for disc in discs:
         disc.normal = _disc_normal(disc.points, grid, axis)
-        disc.depth_dir, disc.depth_range = _disc_depth(disc, grid)
-    vertebra_index, vertebra_body = _place(kind == KIND_CODES["vertebra"], discs, grid)
-    sacrum_index, sacrum_body = _place(kind == KIND_CODES["sacrum"], discs, grid)
+        disc.depth_dir, disc.depth_range = _depth_axis(disc, disc.normal, grid)
+    vertebra_index, vertebra_body, vertebra_front = _place(kind == KIND_CODES["vertebra"], discs, grid)
+    sacrum_index, sacrum_body, _ = _place(kind == KIND_CODES["sacrum"], discs, grid)
     body_index = np.where(vertebra_body, vertebra_index, -1)
     sacrum_out = (sacrum_index > 0) & sacrum_body  # a "sacrum" in the column above the lowest disc
     sacrum_kept = (sacrum_index >= 0) & ~sacrum_out
@@ -126,10 +137,17 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         top = best + positions[i + 1] if i + 1 < len(discs) else best + positions[i] + 1
         allowed = vertebra_order[best + positions[i]:min(top, len(vertebra_order))]
         named.extend(_split_interval(labels, body_index == i + 1, allowed))
-    orphans = _attach_posterior_elements(labels, (vertebra_index >= 0) & ~vertebra_body, named)
-    orphans = _edge_arches(labels, orphans, named, vertebra_order)
+    arches = (vertebra_index >= 0) & ~vertebra_body & ~vertebra_front
+    orphans = _edge_arches(labels, _attach_posterior_elements(labels, arches, named), named, vertebra_order)
+    placed = np.zeros(labels.shape, dtype=bool)
+    for n in named:
+        placed |= n.mask
+    stray = (kind > 0) & ~placed & ~sacrum_out & ~vertebra_front & ~orphans  # disc pieces that are no level
     dropped = [(mask, why) for mask, why in ((sacrum_out, "sacrum above the lowest disc"),
-                                             (orphans, "no vertebral body of this level")) if mask.any()]
+                                             (vertebra_front, "vertebra in front of the vertebral bodies"),
+                                             (orphans, "no vertebral body of this level"),
+                                             (stray, "disc piece that is no level (small, off the column or in the sacrum)"))
+               if mask.any()]
     order = ontology.caudal_to_cranial()
     named = sorted((n for n in named if n.mask.any()), key=lambda n: order.index(n.structure))
     return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
@@ -180,6 +198,33 @@ def _axis_through(points: list[np.ndarray]) -> np.ndarray:
     _, _, vt = np.linalg.svd(stacked - stacked.mean(axis=0), full_matrices=False)
     axis = vt[0] if vt[0][2] >= 0 else -vt[0]
     return axis / np.linalg.norm(axis)
+
+
+def _outside_sacrum(discs: list[_Disc], sacrum: np.ndarray, grid, axis: np.ndarray) -> list[_Disc]:
+    """No lumbar disc lies inside the sacrum: a "disc" with much of the sacrum above it in its own column is
+    a piece of the sacrum (a rudimentary S1/S2 disc, or noise) and would make every level above it one too
+    low. The sacrum is its lowest sizable component (a second "sacrum" higher up is dropped later)."""
+    if not sacrum.any():
+        return discs
+    pieces, _ = ndimage.label(sacrum, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(pieces.ravel())[1:]
+    candidates = [i + 1 for i in np.flatnonzero(sizes >= 0.3 * sizes.max())]
+    lowest = min(candidates, key=lambda i: float(grid.index_to_patient(
+        np.argwhere(pieces == i).mean(axis=0)) @ axis))
+    points = grid.index_to_patient(np.argwhere(pieces == lowest))
+    top = float(np.percentile(points @ axis, 95))
+    kept = []
+    for disc in discs:
+        if float(disc.centroid @ axis) < top - SACRUM_DEPTH_MM:
+            continue
+        normal = _disc_normal(disc.points, grid, axis)
+        depth_dir, (lo, hi) = _depth_axis(disc, normal, grid)
+        depth = (points - disc.centroid) @ depth_dir
+        column = (depth >= lo) & (depth <= hi)
+        above = ((points[column] - disc.centroid) @ normal > 0).sum()
+        if not column.any() or above <= SACRUM_ABOVE_SHARE * column.sum():
+            kept.append(disc)
+    return kept
 
 
 def _merge_close(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
@@ -241,40 +286,48 @@ def _disc_normal(points: np.ndarray, grid, axis: np.ndarray) -> np.ndarray:
     return normal if normal @ axis >= 0 else -normal
 
 
-def _disc_depth(disc: _Disc, grid) -> tuple[np.ndarray, tuple[float, float]]:
-    """The disc's front-to-back direction in the sagittal plane and its extent along it (mm from centroid)."""
-    direction = np.cross(disc.normal, grid.normal)
+def _depth_axis(disc: _Disc, normal: np.ndarray, grid) -> tuple[np.ndarray, tuple[float, float]]:
+    """The disc's front-to-back direction in the sagittal plane, pointing back, and its extent along it
+    (mm from its centroid)."""
+    direction = np.cross(normal, grid.normal)
     direction /= np.linalg.norm(direction)
+    if direction[1] < 0:  # toward the patient's back (+y in LPS), where the arches are
+        direction = -direction
     depth = (disc.points - disc.centroid) @ direction
     return direction, (float(depth.min()), float(depth.max()))
 
 
-def _place(voxels: np.ndarray, discs: list[_Disc], grid) -> tuple[np.ndarray, np.ndarray]:
-    """Per voxel of ``voxels``: how many disc planes lie below it (0 under the lowest disc, -1 elsewhere),
-    and whether it lies in the column of the discs bounding it (a vertebral body, not its posterior arch).
+def _place(voxels: np.ndarray, discs: list[_Disc], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per voxel of ``voxels``: how many disc planes lie below it (0 under the lowest disc, -1 elsewhere);
+    whether it lies in the column of the discs bounding it (a vertebral body); and whether it lies in
+    front of that column (no bone of the spine is there: osteophytes stay within FRONT_MARGIN_MM).
 
     Disc planes extended behind the column would cut the spinous processes, which slope down over the
-    level below, so only voxels in front of the discs' back edges are named by the planes."""
+    level below, so only voxels within the discs' front-to-back extent are named by the planes."""
     index = np.full(voxels.shape, -1, np.int8)
     body = np.zeros(voxels.shape, dtype=bool)
+    front = np.zeros(voxels.shape, dtype=bool)
     where = np.argwhere(voxels)
     if where.size == 0:
-        return index, body
+        return index, body, front
     points = grid.index_to_patient(where)
     above = np.zeros(len(points), np.int8)
     in_column = np.zeros((len(discs), len(points)), dtype=bool)
+    ahead = np.zeros((len(discs), len(points)), dtype=bool)
     for i, disc in enumerate(discs):
         above += ((points - disc.centroid) @ disc.normal > 0).astype(np.int8)
         depth = (points - disc.centroid) @ disc.depth_dir
         lo, hi = disc.depth_range
         in_column[i] = (depth >= lo - BODY_MARGIN_MM) & (depth <= hi + BODY_MARGIN_MM)
+        ahead[i] = depth < lo - FRONT_MARGIN_MM
     columns = np.arange(len(points))
     below_disc = np.clip(above.astype(np.int64) - 1, 0, len(discs) - 1)
     above_disc = np.clip(above.astype(np.int64), 0, len(discs) - 1)
     inside = in_column[below_disc, columns] | in_column[above_disc, columns]
     index[tuple(where.T)] = above
     body[tuple(where.T)] = inside
-    return index, body
+    front[tuple(where.T)] = ~inside & ahead[below_disc, columns] & ahead[above_disc, columns]
+    return index, body, front
 
 
 def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure]

@@ -289,3 +289,37 @@ def test_counting_on_a_generated_studys_ground_truth_gives_back_the_ground_truth
     sizable = {int(v) for v, n in zip(*np.unique(case.labels, return_counts=True), strict=True) if v and n >= 100}
     assert sizable <= {lv.label for lv in result.levels}
     assert not [c for c in result.changes if c.kind == "relabelled"]
+
+
+def test_every_labelled_voxel_is_either_delivered_or_reported_as_a_change():
+    rng = np.random.default_rng(5)
+    labels = _with_arches(CANONICAL)
+    for _ in range(40):  # stray blobs of any structure label anywhere
+        s, r, c = rng.integers(0, SLICES), rng.integers(0, ROWS - 6), rng.integers(0, COLS - 6)
+        labels[s, r:r + rng.integers(1, 6), c:c + rng.integers(1, 6)] = rng.integers(1, 20)
+    result = postprocess(labels, {}, ONT, {}, grid())
+    removed = sum(c.voxels for c in result.changes if c.kind in ("dropped", "fragment_removed"))
+    assert sum(lv.voxels for lv in result.levels) + removed == np.count_nonzero(labels)
+    assert [lv.label for lv in result.levels] == CANONICAL
+
+
+def test_vertebra_labels_painted_in_front_of_the_column_are_dropped():
+    labels = _spine(CANONICAL, (SLICES, ROWS, COLS), cols=slice(20, 44))
+    l3 = ONT.by_level("L3", "vertebra").label
+    rows = np.flatnonzero((labels == l3).any(axis=(0, 2)))
+    clean = labels.copy()
+    labels[1:4, rows[0]:rows[-1] + 1, 0:9] = l3  # prevertebral soft tissue called L3, 9-16 mm in front
+    result = postprocess(labels, {}, ONT, {}, grid())
+    np.testing.assert_array_equal(result.labels, clean)
+    assert [(c.kind, c.raw_label, c.reason) for c in result.changes] == [
+        ("dropped", l3, "vertebra in front of the vertebral bodies")]
+
+
+def test_a_disc_blob_inside_the_sacrum_is_no_level():
+    labels = spine(CANONICAL)
+    sacrum_rows = np.flatnonzero((labels == CANONICAL[0]).any(axis=(0, 2)))
+    middle = sacrum_rows[len(sacrum_rows) // 2]
+    labels[1:4, middle - 1:middle + 2, 15:35] = ONT.by_level("L5/S1", "disc").label
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL  # not counted as L5/S1, so nothing shifts
+    assert [(c.kind, c.voxels) for c in result.changes] == [("dropped", 3 * 3 * 20)]
