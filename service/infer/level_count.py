@@ -80,17 +80,10 @@ class Counting:
 def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) -> Counting | None:
     """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
     kind = _kind_map(labels, ontology)
-    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels)
-    if len(discs) < 2:
+    found = _find_discs(kind, grid, min_voxels)
+    if found is None:
         return None
-    axis = _axis_through([d.centroid for d in discs])
-    discs = sorted(discs, key=lambda d: float(d.centroid @ axis))
-    discs = _outside_sacrum(discs, kind == KIND_CODES["sacrum"], grid, axis)
-    if len(discs) < 2:
-        return None
-    discs = _drop_crowded(_merge_close(discs, axis), axis)
-    if len(discs) < 2:
-        return None
+    discs, axis = found
     positions = _disc_positions(discs, axis)
     disc_order = ontology.of_kind("disc")
     vertebra_order = ontology.of_kind("vertebra")
@@ -111,18 +104,11 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     offsets = range(len(disc_order) - positions[-1])
     anchored = bool(sacrum_top.any())
     if anchored:  # count up from the sacrum, including the levels the model missed just above it
-        lowest_spacing = float((discs[1].centroid - discs[0].centroid) @ axis) / (positions[1] - positions[0])
-        # a vertebral body between the sacrum and the lowest disc, with no disc under it, is the top of
-        # the sacrum (S1) that the model took for L5: such bodies close the gap
-        bone_under = sacrum_top | (body_index == 0)
-        missed = int(np.floor(_gap_below(bone_under, discs[0], grid) / lowest_spacing + LEVELS_UNDER_ROUNDING))
+        missed = _levels_under(discs, positions, sacrum_top | (body_index == 0), grid, axis)
         anchored = missed in offsets
         offsets = range(missed, missed + 1) if anchored else offsets
-    best, best_score = 0, -np.inf
-    for offset in offsets:
-        score = _chain_score(labels, discs, positions, body_index, offset, disc_order, vertebra_order)
-        if score > best_score + 1e-9:
-            best, best_score = offset, score
+    best = max(offsets, key=lambda offset: _chain_score(labels, discs, positions, body_index, offset, disc_order,
+                                                       vertebra_order))
 
     sacrum = next(s for s in ontology.structures if s.kind == "sacrum")
     named: list[CountedStructure] = []
@@ -162,6 +148,30 @@ class _Disc:
     normal: np.ndarray = field(default_factory=lambda: np.zeros(3))
     depth_dir: np.ndarray = field(default_factory=lambda: np.zeros(3))
     depth_range: tuple[float, float] = (0.0, 0.0)
+
+
+def _find_discs(kind: np.ndarray, grid, min_voxels: int) -> tuple[list[_Disc], np.ndarray] | None:
+    """The discs of the column, caudal to cranial, and the spine's axis; None when fewer than two."""
+    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels)
+    if len(discs) < 2:
+        return None
+    axis = _axis_through([d.centroid for d in discs])
+    discs = sorted(discs, key=lambda d: float(d.centroid @ axis))
+    discs = _outside_sacrum(discs, kind == KIND_CODES["sacrum"], grid, axis)
+    if len(discs) < 2:
+        return None
+    discs = _drop_crowded(_merge_close(discs, axis), axis)
+    return (discs, axis) if len(discs) >= 2 else None
+
+
+def _levels_under(discs: list[_Disc], positions: list[int], bone_under: np.ndarray, grid, axis: np.ndarray
+                  ) -> int:
+    """Levels between the sacrum and the lowest disc found, from the gap and the lowest disc spacing.
+
+    ``bone_under`` is the sacrum plus any vertebral body under the lowest disc: a body there with no disc
+    under it is the top of the sacrum (S1) taken for L5, so it closes the gap."""
+    spacing = float((discs[1].centroid - discs[0].centroid) @ axis) / (positions[1] - positions[0])
+    return int(np.floor(_gap_below(bone_under, discs[0], grid) / spacing + LEVELS_UNDER_ROUNDING))
 
 
 def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
@@ -239,10 +249,6 @@ def _merge_close(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
     return merged
 
 
-def _usual_spacing(discs: list[_Disc], axis: np.ndarray) -> float:
-    return float(np.median(np.diff([float(d.centroid @ axis) for d in discs])))
-
-
 def _gap_below(voxels: np.ndarray, disc: _Disc, grid) -> float:
     """Distance (mm) from the disc's plane down to the highest of ``voxels`` (all below it)."""
     points = grid.index_to_patient(np.argwhere(voxels))
@@ -266,7 +272,7 @@ def _drop_crowded(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
 def _disc_positions(discs: list[_Disc], axis: np.ndarray) -> list[int]:
     """Rank of each disc in the column, counting the discs the model missed between two it found."""
     spacing = np.diff([float(d.centroid @ axis) for d in discs])
-    usual = _usual_spacing(discs, axis)
+    usual = float(np.median(spacing))
     positions = [0]
     for step in spacing:
         missed = max(0, int(round(step / usual)) - 1) if step >= GAP_RATIO * usual else 0
