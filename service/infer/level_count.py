@@ -4,8 +4,9 @@ A model outlines sacrum, vertebrae and discs far better than it names their leve
 levels look alike and differ mainly by their place in the column. So the structures are rebuilt from the
 kind of each voxel (sacrum, vertebra, disc) and named by their rank:
 
-1. Disc components are the separators. They are ordered along the spine; a spacing about twice the
-   usual one means a disc the model missed, and the count skips a level there.
+1. Discs are the separators (disc_finding.py finds them and fits their planes). They are ordered along
+   the spine; a spacing about twice the usual one means a disc the model missed, and the count skips a
+   level there.
 2. The vertebral body voxels between two consecutive disc planes form one vertebra (each disc's plane
    is fitted in the sagittal plane, so lordosis tilts it with the disc), which also splits two vertebrae
    the model let touch, and merges one vertebra the model painted with two level labels. Behind the
@@ -24,39 +25,22 @@ With fewer than two discs there is nothing to count between; the caller keeps th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from service.infer.disc_finding import KIND_CODES, Disc, depth_axis, disc_normal, find_discs
 from service.ontology import Ontology, Structure
 
 LEVELS_UNDER_ROUNDING = 0.35
 """Levels missed between the sacrum and the lowest disc found: floor(gap / spacing + this). A sacrum right
 under the disc (gap about half a disc) gives 0; one vertebra and disc missed (gap about 1.1 spacings) 1."""
-DISC_MIN_SHARE = 0.1
-"""Disc components smaller than this share of the largest are fragments. Thoracic discs and discs cut by
-the edge of the field of view are a fifth of a lumbar disc or less; fragments close to a real disc are
-caught by CROWDED_RATIO instead."""
-SACRUM_DEPTH_MM = 35.0
-"""A disc whose centre lies deeper than this below the top of the sacrum is inside it. (The L5/S1 disc
-sits on the tilted sacral plateau, whose back edge can rise some 25 mm above the disc's centre.)"""
-SACRUM_ABOVE_SHARE = 0.25
-"""A disc with more than this share of the sacrum in its column above its plane lies inside the sacrum."""
-DISC_MERGE_MM = 6.0
-"""Disc components closer than this along the spine are pieces of one disc (e.g. split across slices)."""
-CROWDED_RATIO = 0.5
-"""Two discs closer than this multiple of the median spacing cannot both be discs."""
 GAP_RATIO = 1.6
 """A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
 FRONT_MARGIN_MM = 8.0
 """Vertebral voxels farther than this in front of the discs are not bone (anterior osteophytes are shorter)."""
 BODY_MARGIN_MM = 3.0
 """Vertebral voxels up to this far in front of or behind the discs' extent count as vertebral body."""
-MAX_OFF_AXIS_MM = 40.0
-"""A disc component farther than this from the line of the other discs is not part of the column."""
-
-KIND_CODES = {"sacrum": 1, "vertebra": 2, "disc": 3}
 
 
 @dataclass
@@ -80,7 +64,7 @@ class Counting:
 def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) -> Counting | None:
     """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
     kind = _kind_map(labels, ontology)
-    found = _find_discs(kind, grid, min_voxels)
+    found = find_discs(kind, grid, min_voxels)
     if found is None:
         return None
     discs, axis = found
@@ -93,8 +77,8 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         return None
 
     for disc in discs:
-        disc.normal = _disc_normal(disc.points, grid, axis)
-        disc.depth_dir, disc.depth_range = _depth_axis(disc, disc.normal, grid)
+        disc.normal = disc_normal(disc.points, grid, axis)
+        disc.depth_dir, disc.depth_range = depth_axis(disc, disc.normal, grid)
     vertebra_index, vertebra_body, vertebra_front = _place(kind == KIND_CODES["vertebra"], discs, grid)
     sacrum_index, sacrum_body, _ = _place(kind == KIND_CODES["sacrum"], discs, grid)
     body_index = np.where(vertebra_body, vertebra_index, -1)
@@ -139,32 +123,7 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
 
 
-@dataclass
-class _Disc:
-    mask: np.ndarray
-    points: np.ndarray
-    """Patient coordinates (mm) of the disc's voxels."""
-    centroid: np.ndarray
-    normal: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    depth_dir: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    depth_range: tuple[float, float] = (0.0, 0.0)
-
-
-def _find_discs(kind: np.ndarray, grid, min_voxels: int) -> tuple[list[_Disc], np.ndarray] | None:
-    """The discs of the column, caudal to cranial, and the spine's axis; None when fewer than two."""
-    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels)
-    if len(discs) < 2:
-        return None
-    axis = _axis_through([d.centroid for d in discs])
-    discs = sorted(discs, key=lambda d: float(d.centroid @ axis))
-    discs = _outside_sacrum(discs, kind == KIND_CODES["sacrum"], grid, axis)
-    if len(discs) < 2:
-        return None
-    discs = _drop_crowded(_merge_close(discs, axis), axis)
-    return (discs, axis) if len(discs) >= 2 else None
-
-
-def _levels_under(discs: list[_Disc], positions: list[int], bone_under: np.ndarray, grid, axis: np.ndarray
+def _levels_under(discs: list[Disc], positions: list[int], bone_under: np.ndarray, grid, axis: np.ndarray
                   ) -> int:
     """Levels between the sacrum and the lowest disc found, from the gap and the lowest disc spacing.
 
@@ -181,95 +140,13 @@ def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:
     return lut[labels]
 
 
-def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int) -> list[_Disc]:
-    """Disc candidates: components at least DISC_MIN_SHARE of the largest one's size (a stray fragment
-    counted as a disc would shift every level above it), on the line of the column."""
-    cc, n = ndimage.label(disc_voxels, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return []
-    sizes = np.bincount(cc.ravel())[1:]
-    keep_at = max(min_voxels, DISC_MIN_SHARE * float(sizes.max()))
-    discs = []
-    for index in np.flatnonzero(sizes >= keep_at):
-        mask = cc == index + 1
-        points = grid.index_to_patient(np.argwhere(mask))
-        discs.append(_Disc(mask, points, points.mean(axis=0)))
-    if len(discs) >= 3:  # a blob off the column (e.g. in the abdomen) is not a level
-        line = _axis_through([d.centroid for d in discs])
-        centre = np.mean([d.centroid for d in discs], axis=0)
-        off = [np.linalg.norm((d.centroid - centre) - ((d.centroid - centre) @ line) * line) for d in discs]
-        discs = [d for d, o in zip(discs, off, strict=True) if o <= MAX_OFF_AXIS_MM]
-    return discs
-
-
-def _axis_through(points: list[np.ndarray]) -> np.ndarray:
-    """Main direction of the points, pointing cranially (+z in LPS)."""
-    stacked = np.stack(points)
-    _, _, vt = np.linalg.svd(stacked - stacked.mean(axis=0), full_matrices=False)
-    axis = vt[0] if vt[0][2] >= 0 else -vt[0]
-    return axis / np.linalg.norm(axis)
-
-
-def _outside_sacrum(discs: list[_Disc], sacrum: np.ndarray, grid, axis: np.ndarray) -> list[_Disc]:
-    """No lumbar disc lies inside the sacrum: a "disc" with much of the sacrum above it in its own column is
-    a piece of the sacrum (a rudimentary S1/S2 disc, or noise) and would make every level above it one too
-    low. The sacrum is its lowest sizable component (a second "sacrum" higher up is dropped later)."""
-    if not sacrum.any():
-        return discs
-    pieces, _ = ndimage.label(sacrum, structure=np.ones((3, 3, 3)))
-    sizes = np.bincount(pieces.ravel())[1:]
-    candidates = [i + 1 for i in np.flatnonzero(sizes >= 0.3 * sizes.max())]
-    lowest = min(candidates, key=lambda i: float(grid.index_to_patient(
-        np.argwhere(pieces == i).mean(axis=0)) @ axis))
-    points = grid.index_to_patient(np.argwhere(pieces == lowest))
-    top = float(np.percentile(points @ axis, 95))
-    kept = []
-    for disc in discs:
-        if float(disc.centroid @ axis) < top - SACRUM_DEPTH_MM:
-            continue
-        normal = _disc_normal(disc.points, grid, axis)
-        depth_dir, (lo, hi) = _depth_axis(disc, normal, grid)
-        depth = (points - disc.centroid) @ depth_dir
-        column = (depth >= lo) & (depth <= hi)
-        above = ((points[column] - disc.centroid) @ normal > 0).sum()
-        if not column.any() or above <= SACRUM_ABOVE_SHARE * column.sum():
-            kept.append(disc)
-    return kept
-
-
-def _merge_close(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
-    merged = [discs[0]]
-    for disc in discs[1:]:
-        last = merged[-1]
-        if float((disc.centroid - last.centroid) @ axis) < DISC_MERGE_MM:
-            points = np.concatenate([last.points, disc.points])
-            merged[-1] = _Disc(last.mask | disc.mask, points, points.mean(axis=0))
-        else:
-            merged.append(disc)
-    return merged
-
-
-def _gap_below(voxels: np.ndarray, disc: _Disc, grid) -> float:
+def _gap_below(voxels: np.ndarray, disc: Disc, grid) -> float:
     """Distance (mm) from the disc's plane down to the highest of ``voxels`` (all below it)."""
     points = grid.index_to_patient(np.argwhere(voxels))
     return float(-((points - disc.centroid) @ disc.normal).max())
 
 
-def _drop_crowded(discs: list[_Disc], axis: np.ndarray) -> list[_Disc]:
-    """Of two discs closer than half the usual spacing, keep the bigger: no two levels are that close."""
-    discs = list(discs)
-    while len(discs) >= 3:
-        along = np.array([float(d.centroid @ axis) for d in discs])
-        gaps = np.diff(along)
-        i = int(np.argmin(gaps))
-        if gaps[i] >= CROWDED_RATIO * float(np.median(gaps)):
-            break
-        smaller = i if discs[i].mask.sum() < discs[i + 1].mask.sum() else i + 1
-        del discs[smaller]
-    return discs
-
-
-def _disc_positions(discs: list[_Disc], axis: np.ndarray) -> list[int]:
+def _disc_positions(discs: list[Disc], axis: np.ndarray) -> list[int]:
     """Rank of each disc in the column, counting the discs the model missed between two it found."""
     spacing = np.diff([float(d.centroid @ axis) for d in discs])
     usual = float(np.median(spacing))
@@ -280,30 +157,7 @@ def _disc_positions(discs: list[_Disc], axis: np.ndarray) -> list[int]:
     return positions
 
 
-def _disc_normal(points: np.ndarray, grid, axis: np.ndarray) -> np.ndarray:
-    """The disc's thin direction within the sagittal plane (a disc seen on one slice has no width)."""
-    basis = np.stack([grid.row_dir, grid.col_dir])  # (2, 3) in-plane directions
-    flat = (points - points.mean(axis=0)) @ basis.T
-    if len(flat) < 3:
-        return axis
-    _, vectors = np.linalg.eigh(np.cov(flat.T))
-    normal = vectors[:, 0] @ basis  # smallest-variance in-plane direction
-    normal /= np.linalg.norm(normal)
-    return normal if normal @ axis >= 0 else -normal
-
-
-def _depth_axis(disc: _Disc, normal: np.ndarray, grid) -> tuple[np.ndarray, tuple[float, float]]:
-    """The disc's front-to-back direction in the sagittal plane, pointing back, and its extent along it
-    (mm from its centroid)."""
-    direction = np.cross(normal, grid.normal)
-    direction /= np.linalg.norm(direction)
-    if direction[1] < 0:  # toward the patient's back (+y in LPS), where the arches are
-        direction = -direction
-    depth = (disc.points - disc.centroid) @ direction
-    return direction, (float(depth.min()), float(depth.max()))
-
-
-def _place(voxels: np.ndarray, discs: list[_Disc], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _place(voxels: np.ndarray, discs: list[Disc], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per voxel of ``voxels``: how many disc planes lie below it (0 under the lowest disc, -1 elsewhere);
     whether it lies in the column of the discs bounding it (a vertebral body); and whether it lies in
     front of that column (no bone of the spine is there: osteophytes stay within FRONT_MARGIN_MM).
@@ -382,7 +236,7 @@ def _vote(labels: np.ndarray, mask: np.ndarray, wanted: list[Structure]) -> floa
     return float(np.isin(values, [s.label for s in wanted]).sum()) / total
 
 
-def _chain_score(labels: np.ndarray, discs: list[_Disc], positions: list[int], vertebra_index: np.ndarray,
+def _chain_score(labels: np.ndarray, discs: list[Disc], positions: list[int], vertebra_index: np.ndarray,
                  offset: int, disc_order: list[Structure], vertebra_order: list[Structure]) -> float:
     score = 0.0
     for i, disc in enumerate(discs):
