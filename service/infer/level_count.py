@@ -69,10 +69,9 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         return None
     discs, axis = found
     positions = _disc_positions(discs, axis)
-    disc_order = ontology.of_kind("disc")
-    vertebra_order = ontology.of_kind("vertebra")
-    disc_order.sort(key=lambda s: ontology.caudal_to_cranial().index(s))
-    vertebra_order.sort(key=lambda s: ontology.caudal_to_cranial().index(s))
+    order = ontology.caudal_to_cranial()
+    disc_order = [s for s in order if s.kind == "disc"]
+    vertebra_order = [s for s in order if s.kind == "vertebra"]
     if positions[-1] >= len(disc_order):
         return None
 
@@ -91,12 +90,13 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         missed = _levels_under(discs, positions, sacrum_top | (body_index == 0), grid, axis)
         anchored = missed in offsets
         offsets = range(missed, missed + 1) if anchored else offsets
-    best = max(offsets, key=lambda offset: _chain_score(labels, discs, positions, body_index, offset, disc_order,
+    intervals = [body_index == k for k in range(len(discs) + 1)]  # bodies under, between and over the discs
+    best = max(offsets, key=lambda offset: _chain_score(labels, discs, positions, intervals, offset, disc_order,
                                                        vertebra_order))
 
     sacrum = next(s for s in ontology.structures if s.kind == "sacrum")
     named: list[CountedStructure] = []
-    below_lowest = body_index == 0
+    below_lowest = intervals[0]
     if best == 0:  # vertebral bodies under L5/S1 are sacrum that the model took for a vertebra
         named.append(CountedStructure(sacrum, sacrum_kept | below_lowest))
     else:
@@ -104,9 +104,7 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         named.append(CountedStructure(vertebra_order[best + positions[0] - 1], below_lowest))
     for i, disc in enumerate(discs):
         named.append(CountedStructure(disc_order[best + positions[i]], disc.mask))
-        top = best + positions[i + 1] if i + 1 < len(discs) else best + positions[i] + 1
-        allowed = vertebra_order[best + positions[i]:min(top, len(vertebra_order))]
-        named.extend(_split_interval(labels, body_index == i + 1, allowed))
+        named.extend(_split_interval(labels, intervals[i + 1], _above_disc(i, best, positions, vertebra_order)))
     arches = (vertebra_index >= 0) & ~vertebra_body & ~vertebra_front
     orphans = _edge_arches(labels, _attach_posterior_elements(labels, arches, named), named, vertebra_order)
     placed = np.zeros(labels.shape, dtype=bool)
@@ -118,7 +116,6 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
                                              (orphans, "no vertebral body of this level"),
                                              (stray, "disc piece that is no level (small, off the column or in the sacrum)"))
                if mask.any()]
-    order = ontology.caudal_to_cranial()
     named = sorted((n for n in named if n.mask.any()), key=lambda n: order.index(n.structure))
     return Counting(named, dropped, axis, anchored_on_sacrum=anchored)
 
@@ -236,16 +233,20 @@ def _vote(labels: np.ndarray, mask: np.ndarray, wanted: list[Structure]) -> floa
     return float(np.isin(values, [s.label for s in wanted]).sum()) / total
 
 
-def _chain_score(labels: np.ndarray, discs: list[Disc], positions: list[int], vertebra_index: np.ndarray,
+def _above_disc(i: int, offset: int, positions: list[int], vertebra_order: list[Structure]) -> list[Structure]:
+    """The vertebrae between disc i and the next disc found: one, or more where the model missed discs."""
+    top = offset + positions[i + 1] if i + 1 < len(positions) else offset + positions[i] + 1
+    return vertebra_order[offset + positions[i]:min(top, len(vertebra_order))]
+
+
+def _chain_score(labels: np.ndarray, discs: list[Disc], positions: list[int], intervals: list[np.ndarray],
                  offset: int, disc_order: list[Structure], vertebra_order: list[Structure]) -> float:
     score = 0.0
     for i, disc in enumerate(discs):
         score += _vote(labels, disc.mask, [disc_order[offset + positions[i]]])
-        top = offset + positions[i + 1] if i + 1 < len(discs) else offset + positions[i] + 1
-        allowed = vertebra_order[offset + positions[i]:min(top, len(vertebra_order))]
-        score += _vote(labels, vertebra_index == i + 1, allowed)
+        score += _vote(labels, intervals[i + 1], _above_disc(i, offset, positions, vertebra_order))
     if offset + positions[0] > 0:
-        score += _vote(labels, vertebra_index == 0, [vertebra_order[offset + positions[0] - 1]])
+        score += _vote(labels, intervals[0], [vertebra_order[offset + positions[0] - 1]])
     return score
 
 

@@ -3,9 +3,10 @@
 Three steps, each recorded so the report can say what was changed:
 
 1. Levels by counting (level_count.py): structures are rebuilt from the kind of each voxel (sacrum,
-   vertebra, disc) and named by their rank in the column from the sacrum up, the chain's offset chosen
-   to agree best with the model's labels. Per structure the largest 3D component is kept; other
-   components are fragments, dropped unless they are big enough to be a part of their own.
+   vertebra, disc) and named by their rank in the column, counted up from the sacrum when one lies under
+   the lowest disc, else with the offset that agrees best with the model's labels. Per structure the
+   largest 3D component is kept; other components are fragments, dropped unless they are big enough to
+   be a part of their own.
 2. When fewer than two discs were found there is nothing to count between; then per label the largest
    component is the structure, and structures ordered caudal to cranial along the spine axis must follow
    the ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no
