@@ -21,28 +21,23 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import get_settings
-from service.errors import ConfigError, LumbarAIError
+from service.demo_processes import DemoError, Started, free_port, wait_until
+from service.errors import ConfigError
 
 HELD_OUT_SEEDS = (900_000, 999_999)
 """Seeds of the demo study: far from the training seeds (10 000 + n) and the evaluation seeds."""
 OUR_AE, PACS_AE, SENDER_AE = "LUMBAR_AI", "DEMO_PACS", "DEMO_MODALITY"
 STREAM_PREFIX = "lumbar-ai-demo"
 """Keys of the demo in Redis stay apart from a deployment that shares the same Redis."""
-
-
-class DemoError(LumbarAIError):
-    """The demo could not start or finish; the message says which part and where its log is."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,60 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--study", type=Path, help="send this folder of DICOM files (one study) instead of a generated study"
     )
-
-
-@dataclass
-class Started:
-    """What the demo started, to stop exactly that (and nothing else) on exit."""
-
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    logs: dict[str, Path] = field(default_factory=dict)
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.logs[name] = log_dir / f"{name}.log"
-        with open(self.logs[name], "ab") as log:
-            proc = subprocess.Popen(
-                cmd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes[name] = proc
-        return proc
-
-    def check_alive(self) -> None:
-        for name, proc in self.processes.items():
-            if proc.poll() is not None:
-                raise DemoError(f"{name} exited with status {proc.returncode}; see {self.logs[name]}")
-
-    def stop_all(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to each process group we started, newest first; SIGKILL what is left after the grace."""
-        for proc in reversed(list(self.processes.values())):
-            if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
-        deadline = time.time() + grace_s
-        for proc in self.processes.values():
-            try:
-                proc.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(5)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the group id is the pid: start_new_session made it its leader
-    except ProcessLookupError:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _redis_answers(url: str) -> bool:
@@ -200,17 +141,6 @@ def _get(url: str, key: str | None = None, timeout: float = 5.0, method: str = "
         return 0, b""
 
 
-def _wait_until(what: str, check, timeout_s: float, started: Started, interval_s: float = 0.5):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        started.check_alive()
-        result = check()
-        if result:
-            return result
-        time.sleep(interval_s)
-    raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _existing_study(folder: Path) -> str:
     """StudyInstanceUID of the first DICOM file under ``folder`` (the demo sends one study)."""
     import pydicom
@@ -271,19 +201,19 @@ def run(args: argparse.Namespace) -> int:
             redis_server = shutil.which("redis-server")
             if redis_server is None:
                 raise ConfigError(f"no Redis answers at {redis_url} and redis-server is not installed")
-            port = _free_port()
+            port = free_port()
             redis_dir = logs.parent / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
             cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", str(redis_dir)]  # fmt: skip
             started.start("redis", cmd, dict(os.environ), logs)
             redis_url = f"redis://127.0.0.1:{port}/0"
-            _wait_until("Redis", lambda: _redis_answers(redis_url), 20, started, 0.1)
+            wait_until("Redis", lambda: _redis_answers(redis_url), 20, started, 0.1)
             print(f"Started Redis on port {port} (none answered at {settings.redis_url})")
 
         key = secrets.token_urlsafe(24)
-        dicom_port, pacs_port = _free_port(), _free_port()
-        api_port = args.api_port or _free_port()
+        dicom_port, pacs_port = free_port(), free_port()
+        api_port = args.api_port or free_port()
         env = {
             **os.environ,
             "LUMBAR_AI_REDIS_URL": redis_url,
@@ -318,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             f"Started the DICOM listener ({OUR_AE} on port {dicom_port}), a worker, the API ({base}) "
             f"and a PACS stand-in ({PACS_AE} on port {pacs_port}); logs in {logs}"
         )
-        _wait_until(
+        wait_until(
             "the API and a worker with the model loaded (see the worker log)",
             lambda: _get(f"{base}/readyz")[0] == 200,
             300,
@@ -356,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {time.time() - sent_at:6.1f} s  {last_state}")
             return detail if detail["state"] in ("done", "failed") else None
 
-        detail = _wait_until("the result", finished, args.timeout, started)
+        detail = wait_until("the result", finished, args.timeout, started)
         if detail["state"] == "failed":
             raise DemoError(f"study failed: {detail.get('error')}; see {started.logs['worker']}")
         report = json.loads(_get(f"{base}/studies/{study_uid}/report", key)[1])
@@ -398,7 +328,7 @@ def _wait_until_delivered(pacs_dir: Path, started: Started, timeout_s: float = 6
         return sum(1 for p in pacs_dir.iterdir() if p.is_file()) if pacs_dir.is_dir() else 0
 
     try:
-        _wait_until("delivery to the PACS stand-in", lambda: count() >= 2, timeout_s, started)
+        wait_until("delivery to the PACS stand-in", lambda: count() >= 2, timeout_s, started)
     except DemoError:
         pass  # reported as the count below; the results are on disk and in the API either way
     return count()
