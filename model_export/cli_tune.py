@@ -4,6 +4,10 @@ Training tunes them on its few validation cases (4 by default), where a finding 
 levels at most, so the best-F1 threshold is mostly noise. This reruns the model on a larger validation set
 (never the held-out test set) and writes a copy of the checkpoint with the new thresholds; ``export``
 carries them into the model card, where the worker reads them.
+
+By default the probabilities are the delivered ones: after post-processing, pooled inside the structures
+the report shows, since those are what the thresholds decide on in the worker. ``--on raw`` tunes the
+model's own per-class probabilities instead, as training does.
 """
 
 from __future__ import annotations
@@ -19,33 +23,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation cases (any training layout), disjoint from training and test sets")
     parser.add_argument("--out", type=Path, required=True, help="the checkpoint copy to write")
     parser.add_argument("--max-cases", type=int, default=None)
+    parser.add_argument("--on", choices=["delivered", "raw"], default="delivered",
+                        help="probabilities after post-processing (what the worker decides on) or the raw model's")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from model_export.configs import RunConfig
     from model_export.data import load_cases
-    from model_export.model.network import LumbarSegmenter, load_checkpoint
-    from model_export.training.loop import threshold_report, tune_thresholds, validate
+    from model_export.evaluation.evaluate import delivered_output, finding_decisions, load_predictor
+    from model_export.training.loop import threshold_report, tune_thresholds
     from service.errors import ConfigError
     from service.ontology import Ontology
 
     torch.set_num_threads(2)
-    model, ckpt = load_checkpoint(args.checkpoint)
-    if not isinstance(model, LumbarSegmenter):
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"{args.checkpoint} is not a checkpoint file")
+    predictor = load_predictor(args.checkpoint)  # ConfigError when unreadable
+    if predictor.kind == "unet":
         raise ConfigError(f"{args.checkpoint} has no finding head (a U-Net baseline): nothing to tune")
-    run_config = RunConfig.from_dict(ckpt["run"])
+    ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)
     ontology = Ontology.from_dict(ckpt["ontology"])
     cases = load_cases(args.data, ontology, limit=args.max_cases)
     if not cases:
         raise ConfigError(f"no validation cases in {args.data}")
-    pairs = validate(model, cases, run_config, ontology)["finding_pairs"]
+    pairs: dict[str, list[tuple[float, bool]]] = {f.key: [] for f in ontology.findings}
+    for case in cases:
+        labels, probs, maps = predictor.run(case)
+        if args.on == "delivered":
+            labels, probs = delivered_output(labels, probs, maps, case, {}, ontology)
+        for key, p, actual in finding_decisions(case, labels, probs):
+            pairs[key].append((p, actual))
     thresholds = tune_thresholds(pairs)
     report = threshold_report(pairs, thresholds)
     ckpt["finding_thresholds"] = thresholds
     ckpt.setdefault("provenance", {})["thresholds_tuned_on"] = {
-        "data_dir": str(args.data), "cases": [c.name for c in cases], "per_finding": report}
+        "data_dir": str(args.data), "cases": [c.name for c in cases], "probabilities": args.on,
+        "per_finding": report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, str(args.out))
     print(json.dumps({"cases": len(cases), "per_finding": report}, indent=1))

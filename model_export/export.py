@@ -116,7 +116,7 @@ def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dic
                                                "embeddings": {0: "texts"}}),
         "fusion_head.onnx": (fusion, (features, pooled, structures, findings, grid),
                              ["features", "pooled", "structure_embeddings", "finding_embeddings", "output_grid"],
-                             ["labels", "class_mass", "finding_mass", "logits"],
+                             ["labels", "class_mass", "finding_mass", "logits", "finding_logits"],
                              {"features": {0: "batch", 2: "feature_height", 3: "feature_width"},
                               "pooled": {0: "batch"}, "structure_embeddings": {0: "classes"},
                               "finding_embeddings": {0: "findings"},
@@ -124,7 +124,9 @@ def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dic
                               "labels": {0: "batch", 1: "rows", 2: "cols"}, "class_mass": {0: "batch", 1: "classes"},
                               "finding_mass": {0: "batch", 1: "classes", 2: "findings"},
                               "logits": {0: "batch", 1: "classes_with_background", 2: "feature_height",
-                                         3: "feature_width"}}),
+                                         3: "feature_width"},
+                              "finding_logits": {0: "batch", 1: "findings", 2: "feature_height",
+                                                 3: "feature_width"}}),
     }
     for name, (module, args, inputs, outputs, dynamic) in specs.items():
         _export(module, args, out_dir / name, inputs, outputs, dynamic)
@@ -218,7 +220,10 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                  "prompts": {s.name: s.prompt_texts() for s in ontology.structures}
                  | {f.key: f.prompt_texts() for f in ontology.findings}},
         "outputs": {"labels": "uint8 argmax on the caller's grid, no post-processing",
-                    "finding_probability": "sigmoid(log(sum finding_mass / sum class_mass)) over slices"},
+                    "finding_probability": "sigmoid(log(sum finding_mass / sum class_mass)) over slices, per raw "
+                                           "class",
+                    "finding_logits": "per-pixel finding logits on the feature grid; the worker pools them "
+                                      "(log-mean-exp) inside each delivered structure and reports that"},
         "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
                                for f in ontology.findings},
         "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},

@@ -37,7 +37,7 @@ class Predictor:
     kind: str
     thresholds: dict[str, float]
     run: Any
-    """callable(case) -> (labels, {structure label: {finding key: probability}} or None)."""
+    """callable(case) -> (labels, {structure label: {finding key: probability}} or None, FindingMaps or None)."""
 
 
 @dataclass
@@ -63,7 +63,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
 
         def run_onnx(case: Case):
             pred = model.predict(case.t2, case.t1, case.pixel_spacing)
-            return pred.labels, pred.finding_probs
+            return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
                          model.finding_thresholds, run_onnx)
@@ -79,10 +79,10 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
             pred = predict_volume(model, case.t2, case.t1, size)
             probs = pred.finding_probs()
             if probs is None:
-                return pred.labels, None
+                return pred.labels, None, None
             out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)
                              if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
-            return pred.labels, out
+            return pred.labels, out, pred.finding_maps
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
         return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
@@ -101,12 +101,13 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         result.findings = {f.key: Counts() for f in ontology.findings}
     for case in cases:
         started = time.perf_counter()
-        pred_labels, probs = predictor.run(case)
+        pred_labels, probs, maps = predictor.run(case)
         results[0].seconds_per_case.append(time.perf_counter() - started)
         _score_case(results[0], case, pred_labels, probs, predictor.thresholds, ontology)
         if postprocessed:
             started = time.perf_counter()
-            post_labels, post_probs = _postprocess(pred_labels, probs, case, predictor.thresholds, ontology)
+            post_labels, post_probs = delivered_output(pred_labels, probs, maps, case, predictor.thresholds,
+                                                       ontology)
             results[1].seconds_per_case.append(results[0].seconds_per_case[-1] + time.perf_counter() - started)
             _score_case(results[1], case, post_labels, post_probs, predictor.thresholds, ontology)
     for result in results:
@@ -115,11 +116,12 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
     return results
 
 
-def _postprocess(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, case: Case,
-                 thresholds: dict[str, float], ontology: Ontology):
+def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
+                     thresholds: dict[str, float], ontology: Ontology):
+    """Label map and per-level finding probabilities as the worker delivers them (after post-processing)."""
     from service.infer.postprocess import postprocess
 
-    spine = postprocess(labels, probs or {}, ontology, thresholds, case.grid())
+    spine = postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps)
     if probs is None:
         return spine.labels, None
     return spine.labels, {lv.label: {f.key: f.probability for f in lv.findings} for lv in spine.levels}
@@ -140,14 +142,24 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
         result.per_structure.setdefault(label, []).append(pair)
     if probs is None:
         return
+    for key, p, actual in finding_decisions(case, pred_labels, probs):
+        result.findings[key].add(p >= thresholds.get(key, 0.5), actual)
+
+
+def finding_decisions(case: Case, pred_labels: np.ndarray, probs: dict[int, dict[str, float]]
+                      ) -> list[tuple[str, float, bool]]:
+    """(finding key, probability, truth) per level the truth states and contains; a level the prediction
+    lacks has probability 0, so a missed structure counts as a missed finding."""
     present_truth = set(np.unique(case.labels).tolist())
     present_pred = set(np.unique(pred_labels).tolist())
+    out = []
     for label, values in case.findings.items():
         if label not in present_truth:
             continue
         for key, actual in values.items():
             p = probs.get(label, {}).get(key, 0.0) if label in present_pred else 0.0
-            result.findings[key].add(p >= thresholds.get(key, 0.5), bool(actual))
+            out.append((key, float(p), bool(actual)))
+    return out
 
 
 def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FINDING_LOGIT_CLAMP = 12.0
+from service.infer.finding_maps import FINDING_LOGIT_CLAMP
 
 
 class FusionHead(nn.Module):

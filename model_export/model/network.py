@@ -101,7 +101,10 @@ class LumbarSegmenter(nn.Module):
 
 
 class FusionExport(nn.Module):
-    """The fusion head as served: label map on the caller's grid and per-slice finding sums.
+    """The fusion head as served: label map on the caller's grid, per-slice finding sums and finding maps.
+
+    The sums pool findings inside the model's own classes; the per-pixel finding logits let the worker
+    pool them again inside the structures it delivers (service.infer.finding_maps).
 
     ``output_grid`` only carries the (rows, cols) of the original slices in its shape, so that the
     upsampling to the acquisition grid and the argmax run inside the graph.
@@ -115,10 +118,11 @@ class FusionExport(nn.Module):
                 finding_embeddings: torch.Tensor, output_grid: torch.Tensor):
         low = self.fusion.segment(features, pooled, structure_embeddings)
         probs = torch.softmax(low, dim=1)[:, 1:]
-        class_mass, finding_mass = finding_sums(self.fusion.finding_logits(features, finding_embeddings), probs)
+        finding_logits = self.fusion.finding_logits(features, finding_embeddings)
+        class_mass, finding_mass = finding_sums(finding_logits, probs)
         up = F.interpolate(low, size=output_grid.shape[-2:], mode="bilinear", align_corners=False)
         labels = torch.argmax(up, dim=1).to(torch.uint8)
-        return labels, class_mass, finding_mass, low
+        return labels, class_mass, finding_mass, low, finding_logits
 
 
 def build_model(run: RunConfig, ontology: Ontology, work_dir: Path | None = None,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_export.model.network import FusionExport, LumbarSegmenter
+from service.infer.finding_maps import FindingMaps
 from service.infer.model import model_input, pool_findings, sigmoid, square_side
 
 
@@ -23,6 +24,8 @@ class TorchPrediction:
     labels: np.ndarray
     finding_logits: np.ndarray | None
     """(K, F) volume-level logits per structure, or None for a model without a finding head."""
+    finding_maps: FindingMaps | None = None
+    """Per-slice finding logits on the feature grid, for pooling inside delivered structures."""
 
     def finding_probs(self) -> np.ndarray | None:
         return None if self.finding_logits is None else sigmoid(self.finding_logits)
@@ -46,12 +49,13 @@ def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | Non
     structures, findings = model.class_embeddings()
     fusion = FusionExport(model.fusion).eval()
     grid = torch.zeros(1, 1, side, side)
-    class_mass, finding_mass = [], []
+    class_mass, finding_mass, maps = [], [], []
     for start in range(0, n, slice_batch):
         features, pooled = model.image_encoder(x[start:start + slice_batch])
-        lab, cm, fm, _ = fusion(features, pooled, structures, findings, grid)
+        lab, cm, fm, _, pixel_logits = fusion(features, pooled, structures, findings, grid)
         labels[start:start + slice_batch] = lab.numpy()[:, :rows, :cols]
         class_mass.append(cm.numpy())
         finding_mass.append(fm.numpy())
+        maps.append(pixel_logits.numpy())
     logits = pool_findings(np.concatenate(class_mass), np.concatenate(finding_mass))
-    return TorchPrediction(labels, logits)
+    return TorchPrediction(labels, logits, FindingMaps(np.concatenate(maps), side))

@@ -56,11 +56,18 @@ def budget_seconds(state: dict[str, Any], run: RunConfig) -> float:
     return state.get("cpu_s", 0.0) / max(1, run.train.threads)
 
 
-def lr_at(step: int, run: RunConfig) -> float:
+def lr_at(step: int, run: RunConfig, budget_used_s: float = 0.0) -> float:
+    """Linear warm-up, then a cosine that reaches zero when the steps or the time budget run out.
+
+    With a time budget, progress is the larger of the step fraction and the budget fraction, so a run
+    cut short by its budget still ends annealed instead of stopping at a high learning rate.
+    """
     t = run.train
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
     progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    if t.time_budget_s:
+        progress = max(progress, budget_used_s / t.time_budget_s)
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -167,8 +174,9 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     model.train()
     while state["step"] < run.train.steps:
         step = state["step"]
+        lr = lr_at(step, run, budget_seconds(state, run))
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, run)
+            group["lr"] = lr
         batch = prepared[int(rng.integers(len(prepared)))]
         losses = training_step(model, batch, sample_window(batch, run.train.slices_per_step, rng), augment,
                                seg_loss, run)
@@ -179,7 +187,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
         state["step"] = step + 1
         state["elapsed_s"] = time.perf_counter() - started
         state["cpu_s"] = time.process_time() - cpu_started
-        record = {"step": step + 1, "lr": lr_at(step, run), "elapsed_s": round(state["elapsed_s"], 2),
+        record = {"step": step + 1, "lr": lr, "elapsed_s": round(state["elapsed_s"], 2),
                   "cpu_s": round(state["cpu_s"], 2),
                   **{k: float(v.detach()) for k, v in losses.items()}}
         state["history"].append(record)

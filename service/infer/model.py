@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InferenceError, ModelDirectoryError
+from service.infer.finding_maps import FindingMaps
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
 
@@ -127,6 +128,8 @@ class Prediction:
     """uint8 (n_slices, rows, cols) on the input grid; raw argmax."""
     finding_probs: dict[int, dict[str, float]]
     """structure label -> {finding key: probability} for findings whose site matches the structure's kind."""
+    finding_maps: FindingMaps | None = None
+    """Per-slice finding logits for pooling inside delivered structures; None from an older export."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -186,7 +189,7 @@ class OnnxModel:
         grid = np.zeros((1, 1, side, side), dtype=np.float32)
         timings["preprocess"] = time.perf_counter() - t0
         labels = np.empty((n, rows, cols), dtype=np.uint8)
-        class_mass, finding_mass = [], []
+        class_mass, finding_mass, maps = [], [], []
         timings["image_encoder"] = timings["fusion_head"] = 0.0
         for start in range(0, n, max(1, slice_batch)):
             batch = x[start:start + slice_batch]
@@ -202,10 +205,13 @@ class OnnxModel:
             labels[start:start + len(batch)] = out["labels"][:, :rows, :cols]
             class_mass.append(out["class_mass"])
             finding_mass.append(out["finding_mass"])
+            if "finding_logits" in out:  # absent from graphs exported before it was added
+                maps.append(out["finding_logits"])
         t0 = time.perf_counter()
         finding_probs = self._finding_probs(labels, np.concatenate(class_mass), np.concatenate(finding_mass))
         timings["findings"] = time.perf_counter() - t0
-        return Prediction(labels=labels, finding_probs=finding_probs, timings=timings)
+        finding_maps = FindingMaps(np.concatenate(maps), side) if maps else None
+        return Prediction(labels=labels, finding_probs=finding_probs, finding_maps=finding_maps, timings=timings)
 
     def _finding_probs(self, labels: np.ndarray, class_mass: np.ndarray, finding_mass: np.ndarray
                        ) -> dict[int, dict[str, float]]:

@@ -13,6 +13,9 @@ Three steps, each recorded so the report can say what was changed:
    label used twice. The assignment that keeps the most of the model's labels under those rules is found
    by dynamic programming; the others are relabelled or dropped.
 3. Per-level measurements (volume, disc height) and findings with the model card's decision thresholds.
+   With the model's finding maps, a level's findings are pooled inside the structure as delivered
+   (finding_maps.py); without them, or for a structure too small for the feature grid, they are the
+   model's own per-class probabilities of the structure's raw label.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import ndimage
 
+from service.infer.finding_maps import FindingMaps
 from service.infer.level_count import Counting, count_levels
 from service.ontology import Ontology, Structure
 
@@ -132,6 +136,7 @@ def postprocess(
     ontology: Ontology,
     thresholds: dict[str, float],
     grid: Grid,
+    finding_maps: FindingMaps | None = None,
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
     voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
@@ -146,6 +151,7 @@ def postprocess(
     labels = np.zeros(raw_labels.shape, dtype=np.uint8)
     for comp, structure in placed:
         labels[comp.region][comp.mask] = structure.label
+    pooled = _pooled_probs(finding_maps, labels, ontology)
 
     levels = []
     for i, (comp, structure) in enumerate(placed):
@@ -167,7 +173,8 @@ def postprocess(
                 volume_mm3=round(comp.voxels * voxel_mm3, 1),
                 centroid_mm=tuple(round(float(v), 2) for v in comp.centroid_mm),  # type: ignore[arg-type]
                 disc_height_mm=None if height is None else round(height, 2),
-                findings=_findings(structure, finding_probs.get(comp.raw_label, {}), ontology, thresholds),
+                findings=_findings(structure, pooled.get(structure.label, finding_probs.get(comp.raw_label, {})),
+                                   ontology, thresholds),
             )
         )
     return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
@@ -360,6 +367,16 @@ def _disc_height(mask: np.ndarray, grid: Grid, axis: np.ndarray) -> float | None
     depth = float(t.max() - t.min()) + pixel_extent
     area = rows.size * row_mm * col_mm
     return area / depth if depth > 0 else None
+
+
+def _pooled_probs(finding_maps: FindingMaps | None, labels: np.ndarray, ontology: Ontology
+                  ) -> dict[int, dict[str, float]]:
+    """Delivered label -> {finding key: probability} pooled inside the delivered structure."""
+    if finding_maps is None:
+        return {}
+    keys = [f.key for f in ontology.findings]
+    return {label: {k: float(1.0 / (1.0 + np.exp(-v))) for k, v in zip(keys, logits, strict=True)}
+            for label, logits in finding_maps.pool(labels).items()}
 
 
 def _findings(

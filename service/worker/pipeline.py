@@ -112,7 +112,7 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
 
     t0 = time.perf_counter()
     result = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
-                         reference)
+                         reference, prediction.finding_maps)
     timings["postprocess"] = time.perf_counter() - t0
     if not result.levels:
         raise NoStructureFoundError(f"no spinal structure found in series {reference.series_uid}")

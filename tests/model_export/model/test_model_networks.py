@@ -36,7 +36,7 @@ def test_fusion_head_follows_the_number_of_class_embeddings_it_is_given():
     features, pooled = torch.rand(2, 16, 20, 20), torch.rand(2, 32)
     for k in (3, 19, 25):
         assert head.segment(features, pooled, torch.rand(k, 24)).shape == (2, k + 1, 20, 20)
-    labels, class_mass, finding_mass, _ = FusionExport(head)(features, pooled, torch.rand(7, 24),
+    labels, class_mass, finding_mass, _, _ = FusionExport(head)(features, pooled, torch.rand(7, 24),
                                                              torch.rand(4, 24), torch.zeros(1, 1, 50, 30))
     assert labels.shape == (2, 50, 30) and labels.dtype == torch.uint8
     assert int(labels.max()) <= 7

@@ -96,7 +96,8 @@ def test_seg_labels_equal_the_onnx_only_inference_after_postprocessing(
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
     expected = postprocess(
-        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2
+        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2,
+        prediction.finding_maps,
     )
     got = seg_labels(settings.results_dir / study.study_uid / "seg.dcm", t2, onnx_model.ontology)
     assert expected.labels.any()

@@ -163,7 +163,8 @@ def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, 
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
     expected = postprocess(
-        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2
+        prediction.labels, prediction.finding_probs, onnx_model.ontology, onnx_model.finding_thresholds, t2,
+        prediction.finding_maps,
     )
     seg_file = next(p for p in pacs.folder.iterdir() if _sop_class(p) == SEG)
     np.testing.assert_array_equal(seg_labels(seg_file, t2, onnx_model.ontology), expected.labels)
