@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from model_export.configs import get_config
 from model_export.data import load_cases
 from model_export.model.losses import PartialDiceCELoss
 from model_export.model.network import build_model, load_checkpoint
-from model_export.training.loop import train
+from model_export.training.loop import lr_at, train
 from model_export.training.prepare import prepare_case
 from service.ontology import DEFAULT_ONTOLOGY
 
@@ -53,3 +54,20 @@ def test_resume_continues_from_the_last_checkpoint(tiny_cases, tmp_path):
     train(tiny_cases, longer, tmp_path, resume=True, progress=False)
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_learning_rate_anneals_to_zero_when_the_time_budget_runs_out_before_the_steps():
+    run = get_config("cpu-hour")
+    budget = run.train.time_budget_s
+    warm = run.train.warmup_steps
+    assert lr_at(warm, run, 0.0) == pytest.approx(run.train.lr, rel=1e-3)
+    assert lr_at(warm, run, budget / 2) == pytest.approx(run.train.lr / 2, rel=1e-3)
+    assert lr_at(warm, run, budget) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_learning_rate_without_a_budget_follows_the_steps():
+    run = dataclasses.replace(get_config("cpu-hour"), train=dataclasses.replace(
+        get_config("cpu-hour").train, time_budget_s=None, steps=1100, warmup_steps=100))
+    assert lr_at(0, run) == pytest.approx(run.train.lr / 100)
+    assert lr_at(600, run, budget_used_s=1e9) == pytest.approx(run.train.lr / 2, rel=1e-3)
+    assert lr_at(1100, run) == pytest.approx(0.0, abs=1e-12)
