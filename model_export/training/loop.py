@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model_export.configs import RunConfig
-from model_export.data import Case, load_cases
+from model_export.data import Case, discover_cases
 from model_export.evaluation.metrics import Counts, best_f1_threshold, overlap_per_structure
 from model_export.model.losses import PartialDiceCELoss, finding_loss
 from model_export.model.network import LumbarSegmenter, build_model, load_checkpoint, text_state_of
@@ -42,7 +42,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_cases(cases: list[Case], validation: int) -> tuple[list[Case], list[Case]]:
+def split_cases(cases: list, validation: int) -> tuple[list, list]:
     validation = min(validation, max(0, len(cases) - 1))
     return cases[: len(cases) - validation], cases[len(cases) - validation:]
 
@@ -147,11 +147,13 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(run.train.threads)
     seed_everything(run.train.seed)
-    cases = load_cases(data_dir, ontology, limit=max_cases)
-    train_cases, val_cases = split_cases(cases, run.train.validation_cases)
-    if not train_cases:
+    found = discover_cases(data_dir, ontology)[:max_cases]
+    train_found, val_found = split_cases(found, run.train.validation_cases)
+    if not train_found:
         raise ConfigError(f"no training cases in {data_dir}")
-    prepared = [prepare_case(c, run.model.input_size, ontology) for c in train_cases]
+    # one case at a time: only the model-size arrays stay in memory, not every study at full resolution
+    prepared = [prepare_case(load(), run.model.input_size, ontology) for _, load in train_found]
+    val_cases = [load() for _, load in val_found]
     model = build_model(run, ontology, work_dir=out_dir)
     initialised_from = model_init(model) if model_init is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -207,7 +209,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     bar.close()
     final = validate(model, val_cases, run, ontology) if val_cases else {"dice": None, "finding_pairs": {}}
     thresholds = tune_thresholds(final["finding_pairs"]) if isinstance(model, LumbarSegmenter) else {}
-    provenance = {"data_dir": str(data_dir), "training_cases": [c.name for c in train_cases],
+    provenance = {"data_dir": str(data_dir), "training_cases": [name for name, _ in train_found],
                   "validation_cases": [c.name for c in val_cases], "steps": state["step"],
                   "wall_time_s": round(state["elapsed_s"], 1), "cpu_time_s": round(state.get("cpu_s", 0.0), 1),
                   "budget_s_on_dedicated_cores": round(budget_seconds(state, run), 1), "threads": run.train.threads,

@@ -40,3 +40,20 @@ def test_synth_without_masks_is_procedural_unless_spider_is_required(tmp_path: P
     assert json.loads((tmp_path / "o" / "study_00000" / "truth.json").read_text())["source"] == "procedural"
     assert main(["synth", "--out", str(tmp_path / "p"), "--spider-dir", str(tmp_path), "--spider"]) == 2
     assert "no SPIDER masks" in capsys.readouterr().err
+
+
+def test_synth_enriches_findings_with_prevalence_and_normal_fraction(tmp_path: Path) -> None:
+    import argparse
+
+    from model_export.synth.cli_synth import add_arguments, config_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from(parser.parse_args(["--out", str(tmp_path), "--prevalence", "0.6",
+                                            "--normal-fraction", "0.05"]))
+    assert (config.finding_prevalence, config.normal_fraction) == (0.6, 0.05)
+
+
+def test_synth_refuses_a_normal_fraction_outside_0_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", "--out", str(tmp_path / "o"), "--normal-fraction", "1.5", *SMALL_ARGS]) == 2
+    assert "normal_fraction" in capsys.readouterr().err
