@@ -106,7 +106,8 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         named.append(CountedStructure(disc_order[best + positions[i]], disc.mask))
         named.extend(_split_interval(labels, intervals[i + 1], _above_disc(i, best, positions, vertebra_order)))
     arches = (vertebra_index >= 0) & ~vertebra_body & ~vertebra_front
-    orphans = _edge_arches(labels, _attach_posterior_elements(labels, arches, named), named, vertebra_order)
+    orphans = _edge_arches(labels, _attach_posterior_elements(labels, arches, named), named, vertebra_order,
+                           vertebra_index, len(discs))
     placed = np.zeros(labels.shape, dtype=bool)
     for n in named:
         placed |= n.mask
@@ -209,15 +210,18 @@ def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named:
 
 
 def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStructure],
-                 vertebra_order: list[Structure]) -> np.ndarray:
+                 vertebra_order: list[Structure], planes_below: np.ndarray, n_discs: int) -> np.ndarray:
     """Arch voxels of the vertebra just beyond either end of the column keep the model's label: at the
-    edge of the field of view a spinous process is often in view while its body is not."""
+    edge of the field of view a spinous process is often in view while its body is not. They must lie at
+    that end, beyond the last disc plane or at most one level inside it (a spinous process slopes down
+    over the level below); the same label painted behind the middle of the column is no arch of it."""
     ranks = [vertebra_order.index(n.structure) for n in named if n.structure in vertebra_order and n.mask.any()]
     if not ranks or not orphans.any():
         return orphans
-    for rank in (min(ranks) - 1, max(ranks) + 1):
+    at_end = {min(ranks) - 1: planes_below <= 1, max(ranks) + 1: planes_below >= n_discs - 1}
+    for rank, near in at_end.items():
         if 0 <= rank < len(vertebra_order):
-            arch = orphans & (labels == vertebra_order[rank].label)
+            arch = orphans & near & (labels == vertebra_order[rank].label)
             if arch.any():
                 named.append(CountedStructure(vertebra_order[rank], arch))
                 orphans = orphans & ~arch

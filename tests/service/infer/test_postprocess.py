@@ -323,3 +323,16 @@ def test_a_disc_blob_inside_the_sacrum_is_no_level():
     result = postprocess(labels, {}, ONT, {}, grid())
     assert [lv.label for lv in result.levels] == CANONICAL  # not counted as L5/S1, so nothing shifts
     assert [(c.kind, c.voxels) for c in result.changes] == [("dropped", 3 * 3 * 20)]
+
+
+def test_arch_labelled_as_the_level_above_the_column_but_behind_its_middle_is_dropped():
+    """At the top of the field of view a spinous process may keep the label of the vertebra above the
+    column; the same label behind L3 (as a model painted one on a real scan) is no such arch."""
+    labels = _with_arches(CANONICAL)
+    l3, t12 = ONT.by_level("L3", "vertebra").label, ONT.by_level("T12", "vertebra").label
+    rows = np.flatnonzero((labels[:, :, 24:30] == l3).any(axis=(0, 2)))
+    labels[1:4, rows[0]:rows[0] + 6, 40:46] = t12
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert t12 not in {lv.label for lv in result.levels}
+    assert not (result.labels == t12).any()
+    assert any(c.kind == "dropped" and c.raw_label == t12 for c in result.changes)
