@@ -91,3 +91,32 @@ def test_build_demo_model_builds_once_then_reuses_the_cache(tmp_path):
     stamp = card.stat().st_mtime_ns
     assert main(args) == 0
     assert card.stat().st_mtime_ns == stamp
+
+
+def test_finding_pooling_comparison_reports_each_pooling_with_rates_and_auc(trained_runs, generated_set, tmp_path,
+                                                                             capsys):
+    from model_export.evaluation.finding_pooling import POOLINGS, auc
+    from model_export.evaluation.finding_pooling import main as pooling_main
+
+    out = tmp_path / "pooling.json"
+    assert pooling_main(["--checkpoint", str(trained_runs["text_guided"]), "--val", str(generated_set),
+                         "--test", str(generated_set), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == set(POOLINGS)
+    for pooling in POOLINGS:
+        overall = report[pooling]["overall"]
+        assert overall["tp"] + overall["fp"] + overall["tn"] + overall["fn"] > 0
+    assert "delivered_structures" in capsys.readouterr().out
+    assert auc([(0.9, True), (0.1, False), (0.5, False)]) == 1.0
+    assert auc([(0.5, True), (0.5, False)]) == 0.5
+    assert auc([(0.5, False)]) is None
+
+
+def test_finding_pooling_refuses_a_model_without_finding_head(trained_runs, generated_set, tmp_path, capsys):
+    from model_export.evaluation.finding_pooling import main as pooling_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        pooling_main(["--checkpoint", str(trained_runs["unet"]), "--val", str(generated_set),
+                      "--test", str(generated_set), "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert "no finding head" in capsys.readouterr().err
