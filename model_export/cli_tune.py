@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from model_export.data import load_cases
-    from model_export.evaluation.evaluate import delivered_output, finding_decisions, load_predictor
+    from model_export.evaluation.evaluate import load_predictor
+    from model_export.evaluation.finding_pooling import finding_pairs
     from model_export.training.loop import threshold_report, tune_thresholds
     from service.errors import ConfigError
-    from service.ontology import Ontology
 
     torch.set_num_threads(2)
     if not args.checkpoint.is_file():
@@ -42,19 +42,13 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.checkpoint)  # ConfigError when unreadable
     if predictor.kind == "unet":
         raise ConfigError(f"{args.checkpoint} has no finding head (a U-Net baseline): nothing to tune")
-    ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)
-    ontology = Ontology.from_dict(ckpt["ontology"])
-    cases = load_cases(args.data, ontology, limit=args.max_cases)
+    cases = load_cases(args.data, predictor.ontology, limit=args.max_cases)
     if not cases:
         raise ConfigError(f"no validation cases in {args.data}")
-    pairs: dict[str, list[tuple[float, bool]]] = {f.key: [] for f in ontology.findings}
-    for case in cases:
-        labels, probs, maps = predictor.run(case)
-        if args.on == "delivered":
-            labels, probs = delivered_output(labels, probs, maps, case, {}, ontology)
-        for key, p, actual in finding_decisions(case, labels, probs):
-            pairs[key].append((p, actual))
+    pooling = "delivered_structures" if args.on == "delivered" else "raw"
+    pairs = finding_pairs(predictor, cases, (pooling,))[pooling]
     thresholds = tune_thresholds(pairs)
+    ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)  # the copy to write
     report = threshold_report(pairs, thresholds)
     ckpt["finding_thresholds"] = thresholds
     ckpt.setdefault("provenance", {})["thresholds_tuned_on"] = {

@@ -38,6 +38,7 @@ class Predictor:
     thresholds: dict[str, float]
     run: Any
     """callable(case) -> (labels, {structure label: {finding key: probability}} or None, FindingMaps or None)."""
+    ontology: Ontology
 
 
 @dataclass
@@ -66,7 +67,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
             return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
-                         model.finding_thresholds, run_onnx)
+                         model.finding_thresholds, run_onnx, model.ontology)
     if path.is_file():
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
@@ -86,7 +87,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
         return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
-                         dict(ckpt.get("finding_thresholds", {})), run_torch)
+                         dict(ckpt.get("finding_thresholds", {})), run_torch, ontology)
     raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
 
 

@@ -26,18 +26,23 @@ import numpy as np
 POOLINGS = ("raw", "delivered_model_classes", "delivered_structures")
 
 
-def finding_pairs(predictor: Any, cases: list, ontology) -> dict[str, dict[str, list[tuple[float, bool]]]]:
-    """pooling -> finding key -> (probability, truth) per level the truth states."""
+def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLINGS
+                  ) -> dict[str, dict[str, list[tuple[float, bool]]]]:
+    """pooling -> finding key -> (probability, truth) per level the truth states; the model runs once
+    per case whatever the number of poolings."""
     from model_export.evaluation.evaluate import delivered_output, finding_decisions
 
+    ontology = predictor.ontology
     out: dict[str, dict[str, list[tuple[float, bool]]]] = {
-        p: {f.key: [] for f in ontology.findings} for p in POOLINGS}
+        p: {f.key: [] for f in ontology.findings} for p in poolings}
     for case in cases:
         labels, probs, maps = predictor.run(case)
-        variants = {"raw": (labels, probs),
-                    "delivered_model_classes": delivered_output(labels, probs, None, case, {}, ontology),
-                    "delivered_structures": delivered_output(labels, probs, maps, case, {}, ontology)}
-        for pooling, (pred_labels, pred_probs) in variants.items():
+        for pooling in poolings:
+            if pooling == "raw":
+                pred_labels, pred_probs = labels, probs
+            else:
+                pooled_maps = maps if pooling == "delivered_structures" else None
+                pred_labels, pred_probs = delivered_output(labels, probs, pooled_maps, case, {}, ontology)
             for key, p, actual in finding_decisions(case, pred_labels, pred_probs):
                 out[pooling][key].append((p, actual))
     return out
@@ -82,21 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
 
-    import torch
-
     from model_export.data import load_cases
     from model_export.evaluation.evaluate import load_predictor
     from service.errors import LumbarAIError
-    from service.ontology import Ontology
 
     try:
         predictor = load_predictor(args.checkpoint)
         if predictor.kind == "unet":
             raise LumbarAIError(f"{args.checkpoint} has no finding head (a U-Net baseline)")
-        ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)
-        ontology = Ontology.from_dict(ckpt["ontology"])
-        val = finding_pairs(predictor, load_cases(args.val, ontology), ontology)
-        test = finding_pairs(predictor, load_cases(args.test, ontology), ontology)
+        val = finding_pairs(predictor, load_cases(args.val, predictor.ontology))
+        test = finding_pairs(predictor, load_cases(args.test, predictor.ontology))
     except LumbarAIError as exc:
         parser.exit(2, f"finding_pooling: {exc}\n")
     report = compare(val, test)
