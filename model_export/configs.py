@@ -21,8 +21,10 @@ class ModelConfig:
     kind: ModelKind = "text_guided"
     encoder: str = "atto"
     input_size: int = 160
-    decoder_width: int = 64
-    feat_dim: int = 32
+    decoder_width: int = 128
+    """Channels of the U-Net decoder at stride 16, halving per scale."""
+    feat_dim: int = 16
+    """Channels of the features the fusion head reads."""
     embed_dim: int = 256
     text_model: str | None = None
     """A local Hugging Face model directory; None means the packaged all-MiniLM-L6-v2."""

@@ -5,6 +5,11 @@ embedding together with the pooled image feature to the weights of a tiny three-
 which then runs on the decoder features. Written with einsum, so the class count is just the first
 dimension of the embedding input and the exported graph accepts any ontology size.
 
+The three-layer head runs on the features averaged to stride 2, and the controller also generates a
+per-class linear map of the full-resolution features that is added to the upsampled result. At full
+resolution the head's K x width hidden channels cost more than the whole rest of the network on a CPU;
+the linear term is what DynUNet's own output layer is, and keeps the boundaries at full resolution.
+
 Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
 through a small MLP). Those pixel logits are pooled inside each structure over the whole volume as a
 log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
@@ -26,7 +31,7 @@ class FusionHead(nn.Module):
                  finding_dim: int = 32, controller_width: int = 128) -> None:
         super().__init__()
         c, d = feat_dim, head_width
-        self.shapes = [(d, c), (d,), (d, d), (d,), (d,), ()]
+        self.shapes = [(d, c), (d,), (d, d), (d,), (d,), (), (c,)]  # ..., full-resolution linear map
         n_params = sum(math.prod(s) for s in self.shapes)
         self.pooled_proj = nn.Linear(pooled_dim, controller_width, bias=False)
         self.text_proj = nn.Linear(embed_dim, controller_width)
@@ -45,14 +50,17 @@ class FusionHead(nn.Module):
         """(B, K+1, h, w) logits: channel 0 is background, channel k the class of embedding row k-1."""
         hidden = self.text_proj(class_embeddings).unsqueeze(0) + self.pooled_proj(pooled).unsqueeze(1)
         params = self.controller(hidden)  # (B, K, n_params)
-        w1, b1, w2, b2, w3, b3 = self._split(params)
-        h = F.gelu(torch.einsum("bchw,bkdc->bkdhw", features, w1) + b1[..., None, None])
-        h = F.gelu(torch.einsum("bkchw,bkdc->bkdhw", h, w2) + b2[..., None, None])
+        w1, b1, w2, b2, w3, b3, w_full = self._split(params)
+        coarse = F.avg_pool2d(features, 2)
+        h = F.relu(torch.einsum("bchw,bkdc->bkdhw", coarse, w1) + b1[..., None, None])
+        h = F.relu(torch.einsum("bkchw,bkdc->bkdhw", h, w2) + b2[..., None, None])
         logits = torch.einsum("bkchw,bkc->bkhw", h, w3) + b3[..., None, None]
+        logits = F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits + torch.einsum("bchw,bkc->bkhw", features, w_full)
         return torch.cat([self.background(features), logits], dim=1)
 
     def _initial_head(self) -> torch.Tensor:
-        """Flat parameters of a He-initialised head (biases zero).
+        """Flat parameters of a He-initialised head (biases and the full-resolution map zero).
 
         A hypernetwork whose outputs start near zero generates heads whose gradients are products of
         near-zero weights: the class heads barely train and the static background wins everywhere.
@@ -60,7 +68,7 @@ class FusionHead(nn.Module):
         c, d = self.shapes[0][1], self.shapes[0][0]
         w1, w2, w3 = (torch.randn(n) * math.sqrt(gain / fan_in) for n, fan_in, gain in
                       ((d * c, c, 2.0), (d * d, d, 2.0), (d, d, 1.0)))
-        return torch.cat([w1, torch.zeros(d), w2, torch.zeros(d), w3, torch.zeros(1)])
+        return torch.cat([w1, torch.zeros(d), w2, torch.zeros(d), w3, torch.zeros(1), torch.zeros(c)])
 
     def _split(self, params: torch.Tensor) -> list[torch.Tensor]:
         out, start = [], 0

@@ -1,9 +1,13 @@
-"""ConvNeXt V2 image encoder with a U-Net/FPN decoder to stride 2.
+"""ConvNeXt V2 image encoder with a U-Net decoder to full resolution.
 
 The backbone is transformers' ``ConvNextV2Model`` built from a config (never downloaded), with two input
-channels: T2 and T1 resampled onto the T2 grid. Its patchify stem has stride 4; intervertebral discs on a
-model-size slice are only a few pixels tall, so a light stride-2 convolution branch from the input joins
-the decoder and the features come out at stride 2.
+channels: T2 and T1 resampled onto the T2 grid. Its patchify stem has stride 4, and intervertebral discs on
+a model-size slice are only a few pixels tall, so a small convolutional stem on the input supplies the
+stride-2 and stride-1 maps that the backbone never computes, and the decoder climbs back to stride 1.
+
+Why full resolution: the ground truth itself, sent through a stride-2 grid of soft class maps and back,
+keeps a mean IoU of only 0.87 over the 19 structures on held-out generated studies (0.94 through the
+model's full-size grid), so a stride-2 output caps the model below the target before it learns anything.
 """
 
 from __future__ import annotations
@@ -38,42 +42,59 @@ class ConvNormAct(nn.Sequential):
                          nn.GroupNorm(min(8, cout), cout), nn.GELU())
 
 
-class FPNDecoder(nn.Module):
-    """Top-down pathway: lateral 1x1 projections, upsample-and-add, a 3x3 smoothing conv per level."""
+class UpBlock(nn.Module):
+    """Upsample to the skip's grid, concatenate, two 3x3 convolutions (the U-Net decoder step)."""
 
-    def __init__(self, in_dims: list[int], width: int, stem_width: int, out_dim: int) -> None:
+    def __init__(self, cin: int, skip: int, cout: int) -> None:
         super().__init__()
-        self.laterals = nn.ModuleList(nn.Conv2d(d, width, 1) for d in in_dims)
-        self.smooth = nn.ModuleList(ConvNormAct(width, width) for _ in in_dims)
-        self.fuse_stride2 = ConvNormAct(width + stem_width, out_dim)
+        self.convs = nn.Sequential(ConvNormAct(cin + skip, cout), ConvNormAct(cout, cout))
 
-    def forward(self, stages: list[torch.Tensor], stride2: torch.Tensor) -> torch.Tensor:
-        x = self.smooth[-1](self.laterals[-1](stages[-1]))
-        for i in range(len(stages) - 2, -1, -1):
-            lateral = self.laterals[i](stages[i])
-            x = F.interpolate(x, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
-            x = self.smooth[i](x)
-        x = F.interpolate(x, size=stride2.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse_stride2(torch.cat([x, stride2], dim=1))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """Stage 4 (stride 32) up through stages 3..1, then the stem's stride-2 and stride-1 maps.
+
+    Widths halve per scale from ``width`` at stride 16, never below ``2 * out_dim``; the full-resolution
+    block has ``out_dim`` channels (as DynUNet's first level: full-resolution convolutions are the costly
+    ones) and feeds the fusion head.
+    """
+
+    def __init__(self, in_dims: list[int], width: int, stem_dims: tuple[int, int], out_dim: int) -> None:
+        super().__init__()
+        skips = [*reversed(in_dims[:-1]), stem_dims[1], stem_dims[0]]  # strides 16, 8, 4, 2, 1
+        widths = [max(width // 2 ** i, 2 * out_dim) for i in range(len(skips) - 1)] + [out_dim]
+        cins = [in_dims[-1], *widths[:-1]]
+        self.blocks = nn.ModuleList(UpBlock(c, s, w) for c, s, w in zip(cins, skips, widths, strict=True))
+
+    def forward(self, stages: list[torch.Tensor], stride2: torch.Tensor, stride1: torch.Tensor) -> torch.Tensor:
+        x = stages[-1]
+        for block, skip in zip(self.blocks, [*reversed(stages[:-1]), stride2, stride1], strict=True):
+            x = block(x, skip)
+        return x
 
 
 class ImageEncoder(nn.Module):
-    """(B, 2, S, S) -> features (B, out_dim, S/2, S/2) and pooled (B, pooled_dim) from the deepest stage."""
+    """(B, 2, S, S) -> features (B, out_dim, S, S) and pooled (B, pooled_dim) from the deepest stage."""
 
-    def __init__(self, size: str = "atto", in_channels: int = 2, decoder_width: int = 64,
-                 out_dim: int = 32, stem_width: int = 16, drop_path: float = 0.0) -> None:
+    def __init__(self, size: str = "atto", in_channels: int = 2, decoder_width: int = 128,
+                 out_dim: int = 16, stem_width: int = 16, drop_path: float = 0.0) -> None:
         super().__init__()
         self.backbone = ConvNextV2Model(convnext_v2_config(size, in_channels, drop_path))
         dims = CONVNEXT_V2_SIZES[size][1]
-        self.stride2 = nn.Sequential(ConvNormAct(in_channels, stem_width, stride=2),
-                                     ConvNormAct(stem_width, stem_width))
-        self.decoder = FPNDecoder(dims, decoder_width, stem_width, out_dim)
+        self.stride1 = nn.Sequential(ConvNormAct(in_channels, stem_width), ConvNormAct(stem_width, stem_width))
+        self.stride2 = nn.Sequential(ConvNormAct(stem_width, 2 * stem_width, stride=2),
+                                     ConvNormAct(2 * stem_width, 2 * stem_width))
+        self.decoder = UNetDecoder(dims, decoder_width, (stem_width, 2 * stem_width), out_dim)
         self.pooled_dim = dims[-1]
         self.out_dim = out_dim
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.backbone(pixel_values=image, output_hidden_states=True)
         stages = list(out.hidden_states[1:])  # the four stage outputs, strides 4, 8, 16, 32
-        features = self.decoder(stages, self.stride2(image))
+        full = self.stride1(image)
+        features = self.decoder(stages, self.stride2(full), full)
         pooled = stages[-1].mean(dim=(2, 3))
         return features, pooled

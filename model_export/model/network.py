@@ -28,6 +28,9 @@ from model_export.model.text_encoder import (
 )
 from service.ontology import Ontology
 
+CHECKPOINT_FORMAT = 2
+"""2: U-Net decoder to full resolution and the two-scale fusion head. 1 (no "format" key): FPN to stride 2."""
+
 
 def prompt_groups(ontology: Ontology) -> list[list[str]]:
     """Structures first (label order), then findings (ontology order): one list of prompts per class."""
@@ -89,7 +92,7 @@ class LumbarSegmenter(nn.Module):
         structures, findings = self.class_embeddings()
         low = self.fusion.segment(features, pooled, structures)
         return {
-            "logits": F.interpolate(low, size=image.shape[-2:], mode="bilinear", align_corners=False),
+            "logits": low,  # the decoder ends at full resolution
             "finding_pixel_logits": self.fusion.finding_logits(features, findings),
         }
 
@@ -179,6 +182,10 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     except (OSError, RuntimeError) as exc:
         raise ConfigError(f"cannot read checkpoint {path}: {exc}") from exc
+    if ckpt.get("format", 1) != CHECKPOINT_FORMAT:
+        raise ConfigError(f"checkpoint {path} has format {ckpt.get('format', 1)}, this version reads format "
+                          f"{CHECKPOINT_FORMAT} (format 1 was the stride-2 FPN decoder); retrain it with "
+                          "lumbar-ai train")
     run = RunConfig.from_dict(ckpt["run"])
     ontology = Ontology.from_dict(ckpt["ontology"])
     model = build_model(run, ontology, text_state=ckpt.get("text_state"))

@@ -25,7 +25,13 @@ from model_export.configs import RunConfig
 from model_export.data import Case, discover_cases
 from model_export.evaluation.metrics import Counts, best_f1_threshold, overlap_per_structure
 from model_export.model.losses import PartialDiceCELoss, finding_loss
-from model_export.model.network import LumbarSegmenter, build_model, load_checkpoint, text_state_of
+from model_export.model.network import (
+    CHECKPOINT_FORMAT,
+    LumbarSegmenter,
+    build_model,
+    load_checkpoint,
+    text_state_of,
+)
 from model_export.model.predict import predict_volume
 from model_export.training.augment import StepAugment
 from model_export.training.curves import plot_curves
@@ -223,7 +229,8 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
           run: RunConfig, ontology: Ontology, thresholds: dict[str, float] | None = None,
           provenance: dict[str, Any] | None = None) -> None:
-    ckpt = {"run": run.to_dict(), "ontology": ontology.to_dict(), "model": model.state_dict(),
+    ckpt = {"format": CHECKPOINT_FORMAT, "run": run.to_dict(), "ontology": ontology.to_dict(),
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
             "text_state": text_state_of(model), "finding_thresholds": thresholds or {},
             "provenance": provenance or {}}

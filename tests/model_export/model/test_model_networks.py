@@ -20,14 +20,14 @@ def test_every_model_gives_finite_logits_for_all_classes_at_input_size(kind, tmp
     assert out["logits"].shape == (3, DEFAULT_ONTOLOGY.num_classes, 64, 64)
     assert torch.isfinite(out["logits"]).all()
     if kind != "unet":
-        assert out["finding_pixel_logits"].shape == (3, len(DEFAULT_ONTOLOGY.findings), 32, 32)
+        assert out["finding_pixel_logits"].shape == (3, len(DEFAULT_ONTOLOGY.findings), 64, 64)
         assert torch.isfinite(out["finding_pixel_logits"]).all()
 
 
-def test_image_encoder_features_come_out_at_stride_two():
+def test_image_encoder_features_come_out_at_full_resolution():
     encoder = ImageEncoder("pico-mini", decoder_width=16, out_dim=16)
     features, pooled = encoder(torch.rand(2, 2, 96, 64))
-    assert features.shape == (2, 16, 48, 32)
+    assert features.shape == (2, 16, 96, 64)
     assert pooled.shape == (2, encoder.pooled_dim)
 
 
@@ -36,11 +36,29 @@ def test_fusion_head_follows_the_number_of_class_embeddings_it_is_given():
     features, pooled = torch.rand(2, 16, 20, 20), torch.rand(2, 32)
     for k in (3, 19, 25):
         assert head.segment(features, pooled, torch.rand(k, 24)).shape == (2, k + 1, 20, 20)
+    assert head.segment(torch.rand(1, 16, 21, 17), pooled[:1], torch.rand(3, 24)).shape == (1, 4, 21, 17)
     labels, class_mass, finding_mass, _, _ = FusionExport(head)(features, pooled, torch.rand(7, 24),
                                                              torch.rand(4, 24), torch.zeros(1, 1, 50, 30))
     assert labels.shape == (2, 50, 30) and labels.dtype == torch.uint8
     assert int(labels.max()) <= 7
     assert class_mass.shape == (2, 7) and finding_mass.shape == (2, 7, 4)
+
+
+def test_fusion_head_full_resolution_map_changes_single_pixels():
+    """The coarse head sees 2x2 averages; the generated linear map must reach each full-resolution pixel."""
+    torch.manual_seed(0)
+    head = FusionHead(feat_dim=8, embed_dim=12, pooled_dim=16)
+    with torch.no_grad():  # every class: a silent three-layer head, and all-ones full-resolution weights
+        head.controller[-1].weight.zero_()
+        head.controller[-1].bias.zero_()
+        head.controller[-1].bias[-8:] = 1.0
+    features, pooled, embeddings = torch.zeros(1, 8, 8, 8), torch.rand(1, 16), torch.rand(2, 12)
+    base = head.segment(features, pooled, embeddings)
+    features[0, :, 3, 4] = 5.0
+    delta = (head.segment(features, pooled, embeddings) - base)[0, 1:]
+    assert torch.allclose(delta[:, 3, 4], torch.full((2,), 40.0))  # 8 channels x 5.0 x weight 1.0
+    delta[:, 3, 4] = 0.0
+    assert not delta.any()  # its 2x2 block-mates included
 
 
 def test_text_guided_class_embeddings_depend_on_the_prompt_text(tmp_path):

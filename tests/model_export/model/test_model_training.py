@@ -14,6 +14,7 @@ from model_export.model.losses import PartialDiceCELoss
 from model_export.model.network import build_model, load_checkpoint
 from model_export.training.loop import lr_at, train
 from model_export.training.prepare import prepare_case
+from service.errors import ConfigError
 from service.ontology import DEFAULT_ONTOLOGY
 
 
@@ -44,6 +45,15 @@ def test_training_writes_checkpoints_curves_history_and_tuned_thresholds(tiny_ch
     ckpt = torch.load(tiny_checkpoint, weights_only=False)
     assert set(ckpt["finding_thresholds"]) == {f.key for f in DEFAULT_ONTOLOGY.findings}
     assert ckpt["provenance"]["validation_cases"] == ["case2"]
+
+
+def test_loading_a_checkpoint_of_the_old_stride_two_format_says_to_retrain(tiny_checkpoint, tmp_path):
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    del ckpt["format"]  # what format-1 (FPN decoder) checkpoints look like
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    with pytest.raises(ConfigError, match=r"old\.pt has format 1.*retrain"):
+        load_checkpoint(old)
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_cases, tmp_path):
