@@ -85,3 +85,15 @@ def test_kind_map_ignores_the_level_so_a_vertebra_named_one_level_off_still_coun
     vertebra = kinds[l4]
     kind_scores = overlap_per_structure(kind_map(pred, kinds), kind_map(truth, kinds), [vertebra])
     assert kind_scores == {vertebra: (1.0, 1.0)}
+
+
+def test_resolution_ceiling_loses_a_one_pixel_disc_on_a_stride_two_grid_and_keeps_it_at_full_size():
+    from model_export.evaluation.resolution_ceiling import ceiling_miou, round_trip
+
+    labels = np.zeros((1, 40, 40), dtype=np.uint8)
+    labels[0, 10:20, 10:30] = 1  # a vertebral body
+    labels[0, 21, 10:30] = 2  # a disc one pixel tall
+    labels[0, 23:33, 10:30] = 3
+    assert ceiling_miou(labels, 40, [1, 2, 3]) == 1.0
+    assert (round_trip(labels, 20, 4) == 2).sum() < 20  # half a pixel's share per cell: the disc mostly goes
+    assert ceiling_miou(labels, 20, [1, 2, 3]) < 0.8
