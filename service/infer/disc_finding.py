@@ -5,7 +5,9 @@ A disc candidate is a connected component of disc voxels. Candidates that cannot
 because one stray piece counted as a disc would shift the name of every level above it: pieces much
 smaller than the largest disc, blobs off the line of the column, pieces inside the sacrum, and the
 smaller of two candidates closer together than two levels can be. Pieces of one disc split across slices
-are merged. Each disc's plane is fitted within the sagittal plane, so a disc seen on one slice still has
+are merged. Two discs that touch (a bridge of disc voxels, e.g. on a lateral slice of a real scan) are
+split again where the model gave them two disc labels far apart in the sagittal plane; counted as one,
+they would shift every level above them. Each disc's plane is fitted within the sagittal plane, so a disc seen on one slice still has
 one, and lordosis tilts it with the disc.
 """
 
@@ -32,6 +34,13 @@ CROWDED_RATIO = 0.5
 MAX_OFF_AXIS_MM = 40.0
 """A disc component farther than this from the line of the other discs is not part of the column."""
 
+SPLIT_MIN_SHARE = 0.2
+"""A disc component is split by the model's labels only when at least two of them hold this share."""
+SPLIT_MIN_MM = 10.0
+"""... and their centroids lie farther apart than this in the sagittal plane. Discs are 20-40 mm apart
+centre to centre; one disc painted with two labels has its label centroids a few mm apart, and if its
+front and back were split anyway, the two parts lie within DISC_MERGE_MM along the spine and are merged."""
+
 KIND_CODES = {"sacrum": 1, "vertebra": 2, "disc": 3}
 
 
@@ -46,9 +55,13 @@ class Disc:
     depth_range: tuple[float, float] = (0.0, 0.0)
 
 
-def find_discs(kind: np.ndarray, grid, min_voxels: int) -> tuple[list[Disc], np.ndarray] | None:
-    """The discs of the column, caudal to cranial, and the spine's axis; None when fewer than two."""
-    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels)
+def find_discs(kind: np.ndarray, grid, min_voxels: int, labels: np.ndarray | None = None
+               ) -> tuple[list[Disc], np.ndarray] | None:
+    """The discs of the column, caudal to cranial, and the spine's axis; None when fewer than two.
+
+    ``labels`` (the model's label map) lets touching discs be split by the level labels they carry.
+    """
+    discs = _disc_components(kind == KIND_CODES["disc"], grid, min_voxels, labels)
     if len(discs) < 2:
         return None
     axis = axis_through([d.centroid for d in discs])
@@ -60,17 +73,24 @@ def find_discs(kind: np.ndarray, grid, min_voxels: int) -> tuple[list[Disc], np.
     return (discs, axis) if len(discs) >= 2 else None
 
 
-def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int) -> list[Disc]:
+def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int, labels: np.ndarray | None = None
+                     ) -> list[Disc]:
     """Disc candidates: components at least DISC_MIN_SHARE of the largest one's size (a stray fragment
     counted as a disc would shift every level above it), on the line of the column."""
     cc, n = ndimage.label(disc_voxels, structure=np.ones((3, 3, 3)))
     if n == 0:
         return []
     sizes = np.bincount(cc.ravel())[1:]
+    # after splitting, the largest part still holds SPLIT_MIN_SHARE of the largest component, so smaller
+    # components than this can never be kept: leave them unmaterialised (real scans have many specks)
+    floor = max(min_voxels, DISC_MIN_SHARE * SPLIT_MIN_SHARE * float(sizes.max()))
+    pieces = [cc == i + 1 for i in np.flatnonzero(sizes >= floor)]
+    if labels is not None:
+        pieces = [part for piece in pieces for part in _split_touching(piece, labels, grid)]
+    sizes = np.array([int(piece.sum()) for piece in pieces])
     keep_at = max(min_voxels, DISC_MIN_SHARE * float(sizes.max()))
     discs = []
-    for index in np.flatnonzero(sizes >= keep_at):
-        mask = cc == index + 1
+    for mask in (piece for piece, size in zip(pieces, sizes, strict=True) if size >= keep_at):
         points = grid.index_to_patient(np.argwhere(mask))
         discs.append(Disc(mask, points, points.mean(axis=0)))
     if len(discs) >= 3:  # a blob off the column (e.g. in the abdomen) is not a level
@@ -79,6 +99,29 @@ def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int) -> list[Dis
         off = [np.linalg.norm((d.centroid - centre) - ((d.centroid - centre) @ line) * line) for d in discs]
         discs = [d for d, o in zip(discs, off, strict=True) if o <= MAX_OFF_AXIS_MM]
     return discs
+
+
+def _split_touching(mask: np.ndarray, labels: np.ndarray, grid) -> list[np.ndarray]:
+    """One component, or one part per major label when the labels' centroids lie far apart in the sagittal
+    plane; every voxel goes to the nearest of those centroids."""
+    values, counts = np.unique(labels[mask], return_counts=True)
+    major = values[counts >= SPLIT_MIN_SHARE * counts.sum()]
+    if len(major) < 2:
+        return [mask]
+    index = np.argwhere(mask)
+    in_plane = grid.index_to_patient(index) @ np.stack([grid.row_dir, grid.col_dir]).T  # (n, 2) mm
+    voxel_labels = labels[mask]
+    centroids = np.stack([in_plane[voxel_labels == v].mean(axis=0) for v in major])
+    gaps = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)
+    if gaps[np.triu_indices(len(major), 1)].min() < SPLIT_MIN_MM:
+        return [mask]
+    nearest = np.argmin(np.linalg.norm(in_plane[:, None] - centroids[None], axis=-1), axis=1)
+    parts = []
+    for j in range(len(major)):
+        part = np.zeros_like(mask)
+        part[tuple(index[nearest == j].T)] = True
+        parts.append(part)
+    return parts
 
 
 def axis_through(points: list[np.ndarray]) -> np.ndarray:

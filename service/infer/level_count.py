@@ -64,7 +64,7 @@ class Counting:
 def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) -> Counting | None:
     """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
     kind = _kind_map(labels, ontology)
-    found = find_discs(kind, grid, min_voxels)
+    found = find_discs(kind, grid, min_voxels, labels)
     if found is None:
         return None
     discs, axis = found

@@ -336,3 +336,16 @@ def test_arch_labelled_as_the_level_above_the_column_but_behind_its_middle_is_dr
     assert t12 not in {lv.label for lv in result.levels}
     assert not (result.labels == t12).any()
     assert any(c.kind == "dropped" and c.raw_label == t12 for c in result.changes)
+
+
+def test_two_discs_joined_by_a_bridge_of_disc_voxels_are_split_by_their_labels_and_counted_apart():
+    labels = spine(CANONICAL)
+    low, high = ONT.by_level("L5/S1", "disc").label, ONT.by_level("L4/L5", "disc").label
+    low_rows = np.flatnonzero((labels == low).any(axis=(0, 2)))
+    high_rows = np.flatnonzero((labels == high).any(axis=(0, 2)))
+    bridged = labels.copy()
+    bridged[3, high_rows[-1]:low_rows[0], 38:40] = high  # down the back of L5 on one slice, as on a real scan
+    result = postprocess(bridged, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == CANONICAL
+    assert (result.labels[labels == low] == low).all()
+    assert (result.labels[labels == high] == high).all()  # the bridge goes to whichever disc is nearer
