@@ -2,7 +2,7 @@
 
 Each case's true labels are padded to a square (as the model input is), turned into one-hot class maps,
 averaged down to an ``n x n`` grid (area averaging: a perfect soft prediction at that grid), resized back
-bilinearly and taken by argmax, exactly as the fusion head's output is. What survives is the ceiling that
+bilinearly and taken by argmax, as the fusion head's class maps are. What survives is the ceiling that
 the grid alone puts on the mean IoU, before any learning. It is the figure behind the decoder's stride.
 
     python -m model_export.evaluation.resolution_ceiling --data data/heldout --grid 80 160
@@ -23,7 +23,7 @@ from service.infer.model import pad_to_square, square_side
 
 def round_trip(labels: np.ndarray, grid: int, num_classes: int) -> np.ndarray:
     """``labels`` (n, rows, cols) through soft class maps on a ``grid`` x ``grid`` square and back."""
-    n, rows, cols = labels.shape
+    _, rows, cols = labels.shape
     side = square_side(rows, cols)
     square = torch.from_numpy(pad_to_square(labels).astype(np.int64))
     onehot = F.one_hot(square, num_classes).permute(0, 3, 1, 2).float()

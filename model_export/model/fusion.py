@@ -7,7 +7,7 @@ dimension of the embedding input and the exported graph accepts any ontology siz
 
 The three-layer head runs on the features averaged to stride 2, and the controller also generates a
 per-class linear map of the full-resolution features that is added to the upsampled result. At full
-resolution the head's K x width hidden channels cost more than the whole rest of the network on a CPU;
+resolution the head's K x width hidden channels cost about as much as the rest of the network on a CPU;
 the linear term is what DynUNet's own output layer is, and keeps the boundaries at full resolution.
 
 Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
