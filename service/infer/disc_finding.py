@@ -7,8 +7,8 @@ smaller than the largest disc, blobs off the line of the column, pieces inside t
 smaller of two candidates closer together than two levels can be. Pieces of one disc split across slices
 are merged. Two discs that touch (a bridge of disc voxels, e.g. on a lateral slice of a real scan) are
 split again where the model gave them two disc labels far apart in the sagittal plane; counted as one,
-they would shift every level above them. Each disc's plane is fitted within the sagittal plane, so a disc seen on one slice still has
-one, and lordosis tilts it with the disc.
+they would shift every level above them. Each disc's plane is fitted within the sagittal plane, so a disc
+seen on one slice still has one, and lordosis tilts it with the disc.
 """
 
 from __future__ import annotations
@@ -104,13 +104,13 @@ def _disc_components(disc_voxels: np.ndarray, grid, min_voxels: int, labels: np.
 def _split_touching(mask: np.ndarray, labels: np.ndarray, grid) -> list[np.ndarray]:
     """One component, or one part per major label when the labels' centroids lie far apart in the sagittal
     plane; every voxel goes to the nearest of those centroids."""
-    values, counts = np.unique(labels[mask], return_counts=True)
+    voxel_labels = labels[mask]  # in the order of np.argwhere(mask)
+    values, counts = np.unique(voxel_labels, return_counts=True)
     major = values[counts >= SPLIT_MIN_SHARE * counts.sum()]
     if len(major) < 2:
         return [mask]
     index = np.argwhere(mask)
     in_plane = grid.index_to_patient(index) @ np.stack([grid.row_dir, grid.col_dir]).T  # (n, 2) mm
-    voxel_labels = labels[mask]
     centroids = np.stack([in_plane[voxel_labels == v].mean(axis=0) for v in major])
     gaps = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)
     if gaps[np.triu_indices(len(major), 1)].min() < SPLIT_MIN_MM:
