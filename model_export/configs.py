@@ -30,6 +30,8 @@ class ModelConfig:
     """A local Hugging Face model directory; None means the packaged all-MiniLM-L6-v2."""
     text_max_length: int = 32
     train_text_backbone: bool = False
+    center_class_embeddings: bool = True
+    """Subtract the mean structure embedding before the fusion head's controller (see model.fusion)."""
     unet_filters: tuple[int, ...] = (16, 32, 64, 128, 256)
 
 
@@ -67,6 +69,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         model = dict(data["model"])
         model["unet_filters"] = tuple(model.get("unet_filters", ModelConfig.unet_filters))
+        model.setdefault("center_class_embeddings", False)  # checkpoints from before centring
         return cls(name=data["name"], model=ModelConfig(**model), train=TrainConfig(**data["train"]))
 
     def with_kind(self, kind: ModelKind) -> RunConfig:

@@ -10,6 +10,13 @@ per-class linear map of the full-resolution features that is added to the upsamp
 resolution the head's K x width hidden channels cost about as much as the rest of the network on a CPU;
 the linear term is what DynUNet's own output layer is, and keeps the boundaries at full resolution.
 
+The structure embeddings are centred over the classes queried together before the controller sees
+them. The prompts of neighbouring levels share most of their embedding ("L3 vertebra" and "L4 vertebra"
+have cosine 0.875 in MiniLM), and every class starts from the same generated head, so without centring
+the heads of similar classes stay alike: at step 950 of a CPU run every disc was labelled "L5/S1 disc".
+The segmentation is a softmax over the queried classes, so it already depends on which are queried
+together; centring makes the heads depend on it too.
+
 Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
 through a small MLP). Those pixel logits are pooled inside each structure over the whole volume as a
 log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
@@ -28,8 +35,9 @@ from service.infer.finding_maps import FINDING_LOGIT_CLAMP
 
 class FusionHead(nn.Module):
     def __init__(self, feat_dim: int, embed_dim: int, pooled_dim: int, head_width: int = 8,
-                 finding_dim: int = 32, controller_width: int = 128) -> None:
+                 finding_dim: int = 32, controller_width: int = 128, center_embeddings: bool = True) -> None:
         super().__init__()
+        self.center_embeddings = center_embeddings
         c, d = feat_dim, head_width
         self.shapes = [(d, c), (d,), (d, d), (d,), (d,), (), (c,)]  # ..., full-resolution linear map
         n_params = sum(math.prod(s) for s in self.shapes)
@@ -48,6 +56,8 @@ class FusionHead(nn.Module):
     def segment(self, features: torch.Tensor, pooled: torch.Tensor, class_embeddings: torch.Tensor
                 ) -> torch.Tensor:
         """(B, K+1, h, w) logits: channel 0 is background, channel k the class of embedding row k-1."""
+        if self.center_embeddings:
+            class_embeddings = F.normalize(class_embeddings - class_embeddings.mean(0, keepdim=True), dim=-1)
         hidden = self.text_proj(class_embeddings).unsqueeze(0) + self.pooled_proj(pooled).unsqueeze(1)
         params = self.controller(hidden)  # (B, K, n_params)
         w1, b1, w2, b2, w3, b3, w_full = self._split(params)

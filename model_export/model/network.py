@@ -47,7 +47,8 @@ class LumbarSegmenter(nn.Module):
         self.num_structures = len(ontology.structures)
         self.num_findings = len(ontology.findings)
         self.image_encoder = ImageEncoder(cfg.encoder, 2, cfg.decoder_width, cfg.feat_dim)
-        self.fusion = FusionHead(cfg.feat_dim, cfg.embed_dim, self.image_encoder.pooled_dim)
+        self.fusion = FusionHead(cfg.feat_dim, cfg.embed_dim, self.image_encoder.pooled_dim,
+                                 center_embeddings=cfg.center_class_embeddings)
         self.text_guided = cfg.kind == "text_guided"
         if self.text_guided:
             if text_backbone is None or tokenizer is None:

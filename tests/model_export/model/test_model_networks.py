@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_export.configs import get_config
+from model_export.configs import RunConfig, get_config
 from model_export.model.fusion import FusionHead
 from model_export.model.image_encoder import ImageEncoder
 from model_export.model.network import FusionExport, build_model
@@ -59,6 +59,27 @@ def test_fusion_head_full_resolution_map_changes_single_pixels():
     assert torch.allclose(delta[:, 3, 4], torch.full((2,), 40.0))  # 8 channels x 5.0 x weight 1.0
     delta[:, 3, 4] = 0.0
     assert not delta.any()  # its 2x2 block-mates included
+
+
+def test_fusion_head_ignores_what_all_class_embeddings_share():
+    """Centred embeddings: a component common to every class cannot make the classes' heads alike."""
+    torch.manual_seed(0)
+    head = FusionHead(feat_dim=8, embed_dim=12, pooled_dim=16)
+    features, pooled, embeddings = torch.rand(1, 8, 8, 8), torch.rand(1, 16), torch.rand(4, 12)
+    shared = 3.0 * torch.rand(1, 12)
+    assert torch.allclose(head.segment(features, pooled, embeddings),
+                          head.segment(features, pooled, embeddings + shared), atol=1e-5)
+    uncentred = FusionHead(feat_dim=8, embed_dim=12, pooled_dim=16, center_embeddings=False)
+    assert not torch.allclose(uncentred.segment(features, pooled, embeddings),
+                              uncentred.segment(features, pooled, embeddings + shared), atol=1e-5)
+
+
+def test_checkpoints_from_before_centring_load_without_it():
+    run = get_config("tiny")
+    data = run.to_dict()
+    del data["model"]["center_class_embeddings"]
+    assert RunConfig.from_dict(data).model.center_class_embeddings is False
+    assert RunConfig.from_dict(run.to_dict()).model.center_class_embeddings is True
 
 
 def test_text_guided_class_embeddings_depend_on_the_prompt_text(tmp_path):
