@@ -213,8 +213,10 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "architecture": {"kind": run["model"]["kind"], "image_encoder": f"ConvNeXt V2 {run['model']['encoder']}"
                          " + U-Net decoder to full resolution", "text_encoder": "all-MiniLM-L6-v2 (or --text-model) + "
                          "linear projection", "fusion_head": "CLIP-Driven Universal Model style dynamic "
-                         "per-class heads (three layers at stride 2 plus a full-resolution linear map); "
-                         "finding logits pooled per structure as log-mean-exp",
+                         "per-class heads (three layers at stride 2 plus a full-resolution linear map)"
+                         + ("; structure embeddings centred over the queried classes"
+                            if run["model"].get("center_class_embeddings") else "")
+                         + "; finding logits pooled per structure as log-mean-exp",
                          "embed_dim": run["model"]["embed_dim"]},
         "ontology": ontology.to_dict(),
         "input": {"size": [size, size], "channels": ["T2", "T1"],
