@@ -104,10 +104,13 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         named.append(CountedStructure(vertebra_order[best + positions[0] - 1], below_lowest))
     for i, disc in enumerate(discs):
         named.append(CountedStructure(disc_order[best + positions[i]], disc.mask))
-        named.extend(_split_interval(labels, intervals[i + 1], _above_disc(i, best, positions, vertebra_order)))
+        named.extend(_split_interval(labels, intervals[i + 1], _above_disc(i, best, positions, vertebra_order),
+                                     grid, axis))
     arches = (vertebra_index >= 0) & ~vertebra_body & ~vertebra_front
-    orphans = _edge_arches(labels, _attach_posterior_elements(labels, arches, named), named, vertebra_order,
-                           vertebra_index, len(discs))
+    body_planes = {id(n): _planes_below_body(n.mask, vertebra_index) for n in named if n.structure.kind == "vertebra"}
+    arch_planes = _with_planes_past_the_ends(vertebra_index, discs, positions, grid, axis)
+    orphans = _attach_posterior_elements(labels, arches, named, arch_planes, body_planes)
+    orphans = _edge_arches(labels, orphans, named, vertebra_order, arch_planes, body_planes)
     placed = np.zeros(labels.shape, dtype=bool)
     for n in named:
         placed |= n.mask
@@ -188,9 +191,38 @@ def _place(voxels: np.ndarray, discs: list[Disc], grid) -> tuple[np.ndarray, np.
     return index, body, front
 
 
-def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure]
-                               ) -> np.ndarray:
-    """Give each vertebra the arch voxels of the label the model gave its body; returns the voxels left over.
+def _with_planes_past_the_ends(planes_below: np.ndarray, discs: list[Disc], positions: list[int], grid,
+                               axis: np.ndarray) -> np.ndarray:
+    """``planes_below`` with one more plane a disc spacing beyond each end disc, where the next disc would
+    be: beyond the ends nothing else bounds how far an arch may lie from its body."""
+    spacing = float((discs[-1].centroid - discs[0].centroid) @ axis) / (positions[-1] - positions[0])
+    out = planes_below.copy()
+    for disc, sign, end, past in ((discs[-1], 1.0, len(discs), len(discs) + 1), (discs[0], -1.0, 0, -1)):
+        where = np.argwhere(planes_below == end)
+        if where.size:
+            beyond = sign * ((grid.index_to_patient(where) - disc.centroid) @ disc.normal) > spacing
+            out[tuple(where[beyond].T)] = past
+    return out
+
+
+def _planes_below_body(body: np.ndarray, planes_below: np.ndarray) -> int:
+    """The interval between disc planes that holds most of a vertebral body (-1 for an empty mask)."""
+    values = planes_below[body]
+    values = values[values >= 0]
+    return int(np.bincount(values).argmax()) if values.size else -1
+
+
+def _near_body(planes_below: np.ndarray, body_interval: int) -> np.ndarray:
+    """Where an arch of the body in ``body_interval`` can lie: level with its body, or one interval lower,
+    where its spinous process slopes down behind the disc and the vertebra below. Farther away the same
+    label is not this vertebra's arch, and would put the vertebra out of order along the column."""
+    return (planes_below == body_interval) | (planes_below == body_interval - 1)
+
+
+def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure],
+                               planes_below: np.ndarray, body_planes: dict[int, int]) -> np.ndarray:
+    """Give each vertebra the arch voxels near its body that carry the label the model gave its body;
+    returns the voxels left over.
 
     Where counting renamed a body (the model's L4 is L3), its arch is renamed with it."""
     owner: dict[int, tuple[int, CountedStructure]] = {}
@@ -203,25 +235,29 @@ def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named:
             owner[raw] = (count, n)
     leftover = posterior.copy()
     for raw, (_, n) in owner.items():
-        arch = posterior & (labels == raw)
+        arch = posterior & (labels == raw) & _near_body(planes_below, body_planes[id(n)])
         n.mask = n.mask | arch
         leftover &= ~arch
     return leftover
 
 
 def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStructure],
-                 vertebra_order: list[Structure], planes_below: np.ndarray, n_discs: int) -> np.ndarray:
+                 vertebra_order: list[Structure], planes_below: np.ndarray, body_planes: dict[int, int]
+                 ) -> np.ndarray:
     """Arch voxels of the vertebra just beyond either end of the column keep the model's label: at the
-    edge of the field of view a spinous process is often in view while its body is not. They must lie at
-    that end, beyond the last disc plane or at most one level inside it (a spinous process slopes down
-    over the level below); the same label painted behind the middle of the column is no arch of it."""
-    ranks = [vertebra_order.index(n.structure) for n in named if n.structure in vertebra_order and n.mask.any()]
-    if not ranks or not orphans.any():
+    edge of the field of view a spinous process is often in view while its body is not. They must lie
+    where that vertebra's arch can be: its body would sit one interval beyond the end vertebra's, and the
+    arch level with it or one interval lower (a spinous process slopes down over the level below). The
+    same label painted behind the middle of the column is no arch of it."""
+    ends = [(vertebra_order.index(n.structure), body_planes[id(n)]) for n in named
+            if id(n) in body_planes and n.mask.any() and body_planes[id(n)] >= 0]
+    if not ends or not orphans.any():
         return orphans
-    at_end = {min(ranks) - 1: planes_below <= 1, max(ranks) + 1: planes_below >= n_discs - 1}
-    for rank, near in at_end.items():
+    (low_rank, low_interval), (high_rank, high_interval) = min(ends), max(ends)
+    beyond = {low_rank - 1: low_interval - 1, high_rank + 1: high_interval + 1}
+    for rank, interval in beyond.items():
         if 0 <= rank < len(vertebra_order):
-            arch = orphans & near & (labels == vertebra_order[rank].label)
+            arch = orphans & _near_body(planes_below, interval) & (labels == vertebra_order[rank].label)
             if arch.any():
                 named.append(CountedStructure(vertebra_order[rank], arch))
                 orphans = orphans & ~arch
@@ -254,18 +290,27 @@ def _chain_score(labels: np.ndarray, discs: list[Disc], positions: list[int], in
     return score
 
 
-def _split_interval(labels: np.ndarray, mask: np.ndarray, allowed: list[Structure]) -> list[CountedStructure]:
-    """The vertebral voxels between two discs: one vertebra, or several where the model missed a disc
-    (there the model's own labels among the allowed ones divide them; other labels go to the first)."""
+def _split_interval(labels: np.ndarray, mask: np.ndarray, allowed: list[Structure], grid, axis: np.ndarray
+                    ) -> list[CountedStructure]:
+    """The vertebral voxels between two discs: one vertebra, or several where the model missed a disc.
+
+    There the model's own labels among the allowed ones divide them (other labels go to the first); where
+    the model stacked those labels the wrong way round, its parts are named in their order along the spine."""
     if not allowed:
         return []
     if len(allowed) == 1:
         return [CountedStructure(allowed[0], mask)]
     values = {s.label for s in allowed}
-    out = []
+    parts = []
     for i, structure in enumerate(allowed):
         own = mask & (labels == structure.label)
         if i == 0:
             own |= mask & ~np.isin(labels, list(values))
-        out.append(CountedStructure(structure, own))
-    return out
+        parts.append(own)
+    filled = [i for i, part in enumerate(parts) if part.any()]
+    heights = [float((grid.index_to_patient(np.argwhere(parts[i])) @ axis).mean()) for i in filled]
+    by_height = [filled[j] for j in np.argsort(heights, kind="stable")]
+    names = list(allowed)
+    for name_index, part_index in zip(filled, by_height, strict=True):
+        names[part_index] = allowed[name_index]
+    return [CountedStructure(name, part) for name, part in zip(names, parts, strict=True)]

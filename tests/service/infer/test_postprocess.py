@@ -77,9 +77,9 @@ def test_disc_height_of_a_tilted_disc_is_measured_across_the_local_axis():
 def test_small_fragment_of_a_label_is_removed_and_recorded():
     labels = spine(CANONICAL)
     l3 = ONT.by_level("L3", "vertebra").label
-    labels[2, 5:8, 0:3] = l3  # a few voxels far from the spine
+    labels[2, 5:8, 0:3] = l3  # a few voxels far from the spine, four levels above L3's body
     result = postprocess(labels, {}, ONT, {}, grid())
-    assert [(c.kind, c.raw_label, c.voxels) for c in result.changes] == [("fragment_removed", l3, 9)]
+    assert [(c.kind, c.raw_label, c.voxels) for c in result.changes] == [("dropped", l3, 9)]
     np.testing.assert_array_equal(result.labels, spine(CANONICAL))
 
 
