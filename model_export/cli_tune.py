@@ -8,6 +8,10 @@ carries them into the model card, where the worker reads them.
 By default the probabilities are the delivered ones: after post-processing, pooled inside the structures
 the report shows, since those are what the thresholds decide on in the worker. ``--on raw`` tunes the
 model's own per-class probabilities instead, as training does.
+
+On delivered probabilities it also fits a combiner per disc finding (``--combine morphometry``, the
+default): the model's score together with how far the delivered disc reaches behind the vertebral bodies
+(evaluation/combiner_fit.py). ``--combine none`` leaves the model's scores alone.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cases", type=int, default=None)
     parser.add_argument("--on", choices=["delivered", "raw"], default="delivered",
                         help="probabilities after post-processing (what the worker decides on) or the raw model's")
+    parser.add_argument("--combine", choices=["morphometry", "none"], default="morphometry",
+                        help="fit disc finding combiners over the model's score and the disc's measurements "
+                             "(delivered probabilities only)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from model_export.data import load_cases
+    from model_export.evaluation.combiner_fit import fit_combiner, fit_report, level_rows, score_pairs
     from model_export.evaluation.evaluate import load_predictor
     from model_export.evaluation.finding_pooling import finding_pairs
     from model_export.training.loop import threshold_report, tune_thresholds
@@ -45,16 +53,27 @@ def run(args: argparse.Namespace) -> int:
     cases = load_cases(args.data, predictor.ontology, limit=args.max_cases)
     if not cases:
         raise ConfigError(f"no validation cases in {args.data}")
-    pooling = "delivered_structures" if args.on == "delivered" else "raw"
-    pairs = finding_pairs(predictor, cases, (pooling,))[pooling]
+    combiners, combined = {}, {}
+    if args.on == "delivered":
+        rows = level_rows(predictor, cases)
+        pairs = score_pairs(rows)
+        if args.combine == "morphometry":
+            for finding in predictor.ontology.findings_at("disc"):
+                combiner = fit_combiner(finding.key, rows)
+                if combiner is not None:
+                    combiners[finding.key] = combiner.to_dict()
+                    combined[finding.key] = fit_report(combiner, rows)
+    else:
+        pairs = finding_pairs(predictor, cases, ("raw",))["raw"]
     thresholds = tune_thresholds(pairs)
     ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)  # the copy to write
     report = threshold_report(pairs, thresholds)
     ckpt["finding_thresholds"] = thresholds
+    ckpt["finding_combiners"] = combiners
     ckpt.setdefault("provenance", {})["thresholds_tuned_on"] = {
         "data_dir": str(args.data), "cases": [c.name for c in cases], "probabilities": args.on,
-        "per_finding": report}
+        "per_finding": report, "combiners": combined}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, str(args.out))
-    print(json.dumps({"cases": len(cases), "per_finding": report}, indent=1))
+    print(json.dumps({"cases": len(cases), "per_finding": report, "combiners": combined}, indent=1))
     return 0

@@ -235,6 +235,7 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                                       "(log-mean-exp) inside each delivered structure and reports that"},
         "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
                                for f in ontology.findings},
+        "finding_combiners": dict(ckpt.get("finding_combiners", {})),
         "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
         "metrics": metrics or {},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,

@@ -39,6 +39,8 @@ class Predictor:
     run: Any
     """callable(case) -> (labels, {structure label: {finding key: probability}} or None, FindingMaps or None)."""
     ontology: Ontology
+    combiners: dict[str, Any] = field(default_factory=dict)
+    """Disc finding combiners (service.infer.level_findings), applied to the delivered output only."""
 
 
 @dataclass
@@ -67,10 +69,11 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
             return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
-                         model.finding_thresholds, run_onnx, model.ontology)
+                         model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners)
     if path.is_file():
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
+        from service.infer.level_findings import combiners_from_card
 
         model, ckpt = load_checkpoint(path)
         ontology = Ontology.from_dict(ckpt["ontology"])
@@ -87,7 +90,8 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
         return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
-                         dict(ckpt.get("finding_thresholds", {})), run_torch, ontology)
+                         dict(ckpt.get("finding_thresholds", {})), run_torch, ontology,
+                         combiners_from_card(ckpt))
     raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
 
 
@@ -107,29 +111,41 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         _score_case(results[0], case, pred_labels, probs, predictor.thresholds, ontology)
         if postprocessed:
             started = time.perf_counter()
-            post_labels, post_probs = delivered_output(pred_labels, probs, maps, case, predictor.thresholds,
-                                                       ontology)
+            spine = delivered_levels(pred_labels, probs, maps, case, predictor.thresholds, ontology,
+                                     predictor.combiners)
             results[1].seconds_per_case.append(results[0].seconds_per_case[-1] + time.perf_counter() - started)
-            _score_case(results[1], case, post_labels, post_probs, predictor.thresholds, ontology)
+            post_probs, level_thresholds = None, None
+            if probs is not None:  # a combined disc finding decides on its own probability and threshold
+                post_probs = {lv.label: {f.key: f.probability for f in lv.findings} for lv in spine.levels}
+                level_thresholds = {lv.label: {f.key: f.threshold for f in lv.findings} for lv in spine.levels}
+            _score_case(results[1], case, spine.labels, post_probs, predictor.thresholds, ontology,
+                        level_thresholds)
     for result in results:
         if all(c.tp + c.fp + c.tn + c.fn == 0 for c in result.findings.values()):
             result.findings = {}
     return results
 
 
-def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
-                     thresholds: dict[str, float], ontology: Ontology):
-    """Label map and per-level finding probabilities as the worker delivers them (after post-processing)."""
+def delivered_levels(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
+                     thresholds: dict[str, float], ontology: Ontology, combiners: dict[str, Any] | None = None):
+    """The service's post-processing of one prediction (a SpineResult)."""
     from service.infer.postprocess import postprocess
 
-    spine = postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps)
+    return postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps, combiners)
+
+
+def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
+                     thresholds: dict[str, float], ontology: Ontology, combiners: dict[str, Any] | None = None):
+    """Label map and per-level finding probabilities as the worker delivers them (after post-processing)."""
+    spine = delivered_levels(labels, probs, maps, case, thresholds, ontology, combiners)
     if probs is None:
         return spine.labels, None
     return spine.labels, {lv.label: {f.key: f.probability for f in lv.findings} for lv in spine.levels}
 
 
 def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
-                probs: dict[int, dict[str, float]] | None, thresholds: dict[str, float], ontology: Ontology) -> None:
+                probs: dict[int, dict[str, float]] | None, thresholds: dict[str, float], ontology: Ontology,
+                level_thresholds: dict[int, dict[str, float]] | None = None) -> None:
     labels = [s.label for s in ontology.structures]
     kinds = kind_of_label(ontology)
     scores = overlap_per_structure(pred_labels, case.labels, [x for x in labels if x in case.labelled])
@@ -143,13 +159,14 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
         result.per_structure.setdefault(label, []).append(pair)
     if probs is None:
         return
-    for key, p, actual in finding_decisions(case, pred_labels, probs):
-        result.findings[key].add(p >= thresholds.get(key, 0.5), actual)
+    for label, key, p, actual in finding_decisions(case, pred_labels, probs):
+        threshold = (level_thresholds or {}).get(label, {}).get(key, thresholds.get(key, 0.5))
+        result.findings[key].add(p >= threshold, actual)
 
 
 def finding_decisions(case: Case, pred_labels: np.ndarray, probs: dict[int, dict[str, float]]
-                      ) -> list[tuple[str, float, bool]]:
-    """(finding key, probability, truth) per level the truth states and contains; a level the prediction
+                      ) -> list[tuple[int, str, float, bool]]:
+    """(label, finding key, probability, truth) per level the truth states and contains; a level the prediction
     lacks has probability 0, so a missed structure counts as a missed finding."""
     present_truth = set(np.unique(case.labels).tolist())
     present_pred = set(np.unique(pred_labels).tolist())
@@ -159,7 +176,7 @@ def finding_decisions(case: Case, pred_labels: np.ndarray, probs: dict[int, dict
             continue
         for key, actual in values.items():
             p = probs.get(label, {}).get(key, 0.0) if label in present_pred else 0.0
-            out.append((key, float(p), bool(actual)))
+            out.append((label, key, float(p), bool(actual)))
     return out
 
 

@@ -43,7 +43,7 @@ def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLI
             else:
                 pooled_maps = maps if pooling == "delivered_structures" else None
                 pred_labels, pred_probs = delivered_output(labels, probs, pooled_maps, case, {}, ontology)
-            for key, p, actual in finding_decisions(case, pred_labels, pred_probs):
+            for _, key, p, actual in finding_decisions(case, pred_labels, pred_probs):
                 out[pooling][key].append((p, actual))
     return out
 

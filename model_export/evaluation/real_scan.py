@@ -92,7 +92,7 @@ def overlay_real_scan(model_dir: Path, image_path: Path, out_png: Path) -> dict[
     prediction = model.predict(volume, None, spacing)
     grid = sagittal_grid(volume, spacing, oriented.GetSpacing()[2], np.array(oriented.GetDirection()))
     delivered = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
-                            grid, prediction.finding_maps)
+                            grid, prediction.finding_maps, model.finding_combiners)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     picks = draw_overlay(volume, [("model", prediction.labels), ("post-processed", delivered.labels)], model,

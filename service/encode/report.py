@@ -61,6 +61,8 @@ def build_report(
                 "code": {"value": lv.code_value, "scheme": SCT, "meaning": lv.code_meaning},
                 "volume_mm3": lv.volume_mm3,
                 "disc_height_mm": lv.disc_height_mm,
+                "posterior_extent_mm": lv.posterior_extent_mm,
+                "migration_mm": lv.migration_mm,
                 "centroid_mm": list(lv.centroid_mm),
                 "model_label": lv.raw_label,
                 "findings": findings,

@@ -25,6 +25,7 @@ import numpy as np
 
 from service.errors import InferenceError, ModelDirectoryError
 from service.infer.finding_maps import FindingMaps
+from service.infer.level_findings import combiners_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
 
@@ -148,6 +149,7 @@ class OnnxModel:
         self.input_size = tuple(int(v) for v in card["input"]["size"])
         self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
+        self.finding_combiners = combiners_from_card(card)
 
     @property
     def providers(self) -> list[str]:

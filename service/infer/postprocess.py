@@ -12,10 +12,10 @@ Three steps, each recorded so the report can say what was changed:
    the ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no
    label used twice. The assignment that keeps the most of the model's labels under those rules is found
    by dynamic programming; the others are relabelled or dropped.
-3. Per-level measurements (volume, disc height) and findings with the model card's decision thresholds.
-   With the model's finding maps, a level's findings are pooled inside the structure as delivered
-   (finding_maps.py); without them, or for a structure too small for the feature grid, they are the
-   model's own per-class probabilities of the structure's raw label.
+3. Per-level measurements (volume, disc height; for discs how far they reach behind the vertebral
+   bodies, disc_morphometry.py) and findings (level_findings.py): the model's score pooled inside the
+   structure as delivered, against the model card's threshold, or combined with the disc's measurements
+   where the card has a combiner for that finding.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import ndimage
 
+from service.infer.disc_morphometry import measure_discs
 from service.infer.finding_maps import FindingMaps
 from service.infer.level_count import Counting, count_levels
+from service.infer.level_findings import FindingCombiner, FindingResult, level_findings, pooled_probs
 from service.ontology import Ontology, Structure
 
 FRAGMENT_FRACTION = 0.3
@@ -38,7 +40,6 @@ KEEP_SCORE = 1.0
 AGREE_SCORE = 2.0
 GAP_PENALTY = 0.75
 """Per ontology position skipped between two kept neighbours (a structure the model did not find)."""
-DEFAULT_THRESHOLD = 0.5
 
 ChangeKind = Literal["fragment_removed", "relabelled", "dropped"]
 
@@ -53,15 +54,6 @@ class Grid(Protocol):
     normal: np.ndarray
 
     def index_to_patient(self, ijk: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class FindingResult:
-    key: str
-    name: str
-    probability: float
-    threshold: float
-    present: bool
 
 
 @dataclass(frozen=True)
@@ -80,6 +72,10 @@ class LevelResult:
     centroid_mm: tuple[float, float, float]
     disc_height_mm: float | None
     findings: tuple[FindingResult, ...] = ()
+    posterior_extent_mm: float | None = None
+    """Discs: how far the disc reaches behind the adjacent vertebral bodies (disc_morphometry.py)."""
+    migration_mm: float | None = None
+    """Discs: how far disc material behind the bodies reaches up or down from the disc's plane."""
 
     @property
     def positive_findings(self) -> list[FindingResult]:
@@ -137,6 +133,7 @@ def postprocess(
     thresholds: dict[str, float],
     grid: Grid,
     finding_maps: FindingMaps | None = None,
+    finding_combiners: dict[str, FindingCombiner] | None = None,
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
     voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
@@ -151,7 +148,8 @@ def postprocess(
     labels = np.zeros(raw_labels.shape, dtype=np.uint8)
     for comp, structure in placed:
         labels[comp.region][comp.mask] = structure.label
-    pooled = _pooled_probs(finding_maps, labels, ontology)
+    pooled = pooled_probs(finding_maps, labels, ontology)
+    measured = measure_discs(labels, ontology, grid)
 
     levels = []
     for i, (comp, structure) in enumerate(placed):
@@ -160,6 +158,8 @@ def postprocess(
             below = placed[i - 1][0].centroid_mm if i > 0 else None
             above = placed[i + 1][0].centroid_mm if i + 1 < len(placed) else None
             height = _disc_height(comp.mask, grid, _local_axis(below, above, axis))
+        morphometry = measured.get(structure.label)
+        measurements = morphometry.features() if morphometry is not None else None
         levels.append(
             LevelResult(
                 label=structure.label,
@@ -173,8 +173,10 @@ def postprocess(
                 volume_mm3=round(comp.voxels * voxel_mm3, 1),
                 centroid_mm=tuple(round(float(v), 2) for v in comp.centroid_mm),  # type: ignore[arg-type]
                 disc_height_mm=None if height is None else round(height, 2),
-                findings=_findings(structure, pooled.get(structure.label, finding_probs.get(comp.raw_label, {})),
-                                   ontology, thresholds),
+                findings=level_findings(structure, pooled.get(structure.label, finding_probs.get(comp.raw_label, {})),
+                                        ontology, thresholds, finding_combiners, measurements),
+                posterior_extent_mm=None if morphometry is None else morphometry.posterior_extent_mm,
+                migration_mm=None if morphometry is None else morphometry.migration_mm,
             )
         )
     return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
@@ -367,28 +369,3 @@ def _disc_height(mask: np.ndarray, grid: Grid, axis: np.ndarray) -> float | None
     depth = float(t.max() - t.min()) + pixel_extent
     area = rows.size * row_mm * col_mm
     return area / depth if depth > 0 else None
-
-
-def _pooled_probs(finding_maps: FindingMaps | None, labels: np.ndarray, ontology: Ontology
-                  ) -> dict[int, dict[str, float]]:
-    """Delivered label -> {finding key: probability} pooled inside the delivered structure."""
-    if finding_maps is None:
-        return {}
-    keys = [f.key for f in ontology.findings]
-    return {label: {k: float(1.0 / (1.0 + np.exp(-v))) for k, v in zip(keys, logits, strict=True)}
-            for label, logits in finding_maps.pool(labels).items()}
-
-
-def _findings(
-    structure: Structure, probs: dict[str, float], ontology: Ontology, thresholds: dict[str, float]
-) -> tuple[FindingResult, ...]:
-    if structure.kind not in ("disc", "vertebra"):
-        return ()
-    out = []
-    for finding in ontology.findings_at(structure.kind):  # type: ignore[arg-type]
-        if finding.key not in probs:
-            continue
-        p = float(probs[finding.key])
-        threshold = float(thresholds.get(finding.key, DEFAULT_THRESHOLD))
-        out.append(FindingResult(finding.key, finding.name, round(p, 4), threshold, p >= threshold))
-    return tuple(out)

@@ -97,3 +97,27 @@ def test_resolution_ceiling_loses_a_one_pixel_disc_on_a_stride_two_grid_and_keep
     assert ceiling_miou(labels, 40, [1, 2, 3]) == 1.0
     assert (round_trip(labels, 20, 4) == 2).sum() < 20  # half a pixel's share per cell: the disc mostly goes
     assert ceiling_miou(labels, 20, [1, 2, 3]) < 0.8
+
+
+def test_delivered_findings_are_scored_with_the_disc_combiners_and_raw_ones_with_the_cards_thresholds(
+        tiny_generated_study):
+    from model_export.data import read_generated_study
+    from model_export.evaluation.evaluate import Predictor, evaluate_predictor
+    from service.infer.level_findings import LEARNED, combiners_from_card
+    from service.ontology import DEFAULT_ONTOLOGY as O
+
+    case = read_generated_study(tiny_generated_study)
+    never = {"features": [LEARNED, "posterior_extent_mm", "migration_mm"], "mean": [0.0] * 3, "scale": [1.0] * 3,
+             "weights": [0.0] * 3, "bias": -20.0, "threshold": 0.5}
+    discs = [s.label for s in O.of_kind("disc")]
+
+    def run(_):
+        return case.labels, {d: {f.key: 0.3 for f in O.findings_at("disc")} for d in discs}, None
+
+    predictor = Predictor("truth", "test", {"disc_protrusion": 0.25}, run, O,
+                          combiners_from_card({"finding_combiners": {"disc_protrusion": never}}))
+    raw, post = evaluate_predictor(predictor, [case], O, postprocessed=True)
+    stated = sum(1 for label in case.findings if label in discs and (case.labels == label).any())
+    assert stated > 0
+    assert raw.findings["disc_protrusion"].tp + raw.findings["disc_protrusion"].fp == stated
+    assert post.findings["disc_protrusion"].tp + post.findings["disc_protrusion"].fp == 0

@@ -126,3 +126,26 @@ def test_parity_compares_per_slice_sums_relative_to_their_size(tmp_path):
     diffs = _max_diff(Sums(), path, ["x"], (x,), ["finding_mass", "logits"])
     assert set(diffs) == {"finding_mass_relative", "logits"}
     assert diffs["finding_mass_relative"] < 1e-5 and diffs["logits"] < 1e-5
+
+
+def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_them(tiny_checkpoint, tiny_model_dir,
+                                                                                   tmp_path):
+    import shutil
+
+    import torch
+
+    from model_export.export import build_card
+    from service.infer.level_findings import LEARNED
+
+    combiner = {"features": [LEARNED, "posterior_extent_mm", "migration_mm"], "mean": [0.0, 1.0, 0.0],
+                "scale": [1.0, 2.0, 1.0], "weights": [0.5, 3.0, 0.0], "bias": -2.0, "threshold": 0.6}
+    ckpt = torch.load(str(tiny_checkpoint), map_location="cpu", weights_only=False)
+    ckpt["finding_combiners"] = {"disc_protrusion": combiner}
+    assert build_card(ckpt, {}, {}, "tiny", "0.1.0", None)["finding_combiners"] == {"disc_protrusion": combiner}
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / "model.json").read_text())
+    assert card["finding_combiners"] == {}  # the tiny run was never tuned
+    card["finding_combiners"] = {"disc_protrusion": combiner}
+    (model_dir / "model.json").write_text(json.dumps(card))
+    assert OnnxModel.load(model_dir).finding_combiners["disc_protrusion"].threshold == 0.6

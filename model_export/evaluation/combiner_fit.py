@@ -1,0 +1,113 @@
+"""Fit the disc finding combiners (service/infer/level_findings.py) on validation studies.
+
+Each level the truth states gives one row per finding: the model's delivered probability, the truth and,
+for a disc, the delivered disc's measurements (service/infer/disc_morphometry.py). Per disc finding, a
+logistic regression with an L2 penalty (a few dozen positive discs at most, so the penalty keeps the weights modest) maps the
+standardised inputs to a probability, and its threshold is the best-F1 one on the same rows, as for the
+model's own scores. Discs the prediction lacks or could not measure keep the model's score; they are left
+out of the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_export.evaluation.finding_pooling import auc
+from service.infer.disc_morphometry import FEATURES
+from service.infer.level_findings import LEARNED, FindingCombiner, logit
+
+L2_PENALTY = 1.0
+"""On the standardised weights; the bias is not penalised."""
+NEWTON_STEPS = 50
+MIN_POSITIVES = 3
+"""With fewer positive discs a finding gets no combiner: its model score alone decides."""
+
+
+@dataclass
+class LevelRow:
+    finding: str
+    learned: float
+    measurements: dict[str, float] | None
+    actual: bool
+
+
+def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
+    """One row per (level the truth states and contains, finding), from the delivered output: the
+    model's score (0 where the prediction lacks the level) and, for a measured disc, its measurements."""
+    from model_export.evaluation.evaluate import delivered_levels
+
+    ontology = predictor.ontology
+    rows = []
+    for case in cases:
+        labels, probs, maps = predictor.run(case)
+        delivered = {lv.label: lv for lv in delivered_levels(labels, probs, maps, case, {}, ontology).levels}
+        present = set(np.unique(case.labels).tolist())
+        for label, values in case.findings.items():
+            if label not in present:
+                continue
+            level = delivered.get(label)
+            learned = {f.key: f.probability for f in level.findings} if level is not None else {}
+            measured = None
+            if level is not None and level.posterior_extent_mm is not None:
+                measured = {"posterior_extent_mm": level.posterior_extent_mm, "migration_mm": level.migration_mm}
+            rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual))
+                     for key, actual in values.items()]
+    return rows
+
+
+def score_pairs(rows: list[LevelRow]) -> dict[str, list[tuple[float, bool]]]:
+    """Finding key -> (model score, truth) per level, for tuning the model's own thresholds."""
+    pairs: dict[str, list[tuple[float, bool]]] = {}
+    for r in rows:
+        pairs.setdefault(r.finding, []).append((r.learned, r.actual))
+    return pairs
+
+
+def fit_combiner(finding: str, rows: list[LevelRow]) -> FindingCombiner | None:
+    """The finding's combiner, or None with fewer than MIN_POSITIVES measured positive discs."""
+    from model_export.evaluation.metrics import best_f1_threshold
+
+    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    actual = np.array([r.actual for r in used], dtype=bool)
+    if actual.sum() < MIN_POSITIVES or (~actual).sum() < MIN_POSITIVES:
+        return None
+    names = (LEARNED, *FEATURES)
+    x = np.array([[logit(r.learned), *(r.measurements[f] for f in FEATURES)] for r in used], dtype=float)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    weights, bias = _logistic_regression((x - mean) / scale, actual.astype(float), L2_PENALTY)
+    combiner = FindingCombiner(finding, names, tuple(mean.tolist()), tuple(scale.tolist()),
+                               tuple(weights.tolist()), float(bias), 0.5)
+    combined = np.array([combiner.probability(r.learned, r.measurements) for r in used])
+    threshold = best_f1_threshold(combined, actual)
+    return FindingCombiner(finding, names, combiner.mean, combiner.scale, combiner.weights, combiner.bias,
+                           float(threshold))
+
+
+def fit_report(combiner: FindingCombiner, rows: list[LevelRow]) -> dict[str, Any]:
+    """AUC of the model's score and of the combined probability on the rows the combiner was fitted on."""
+    used = [r for r in rows if r.finding == combiner.finding and r.measurements is not None]
+    return {"discs": len(used), "positive": sum(r.actual for r in used),
+            "auc_model": auc([(r.learned, r.actual) for r in used]),
+            "auc_combined": auc([(combiner.probability(r.learned, r.measurements), r.actual) for r in used]),
+            "weights": dict(zip(combiner.features, (round(w, 3) for w in combiner.weights), strict=True)),
+            "threshold": round(combiner.threshold, 4)}
+
+
+def _logistic_regression(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, float]:
+    """Penalised maximum likelihood by Newton's method (a handful of inputs, so exact steps are cheap)."""
+    design = np.hstack([np.ones((len(x), 1)), x])
+    theta = np.zeros(design.shape[1])
+    ridge = np.diag([0.0] + [penalty] * x.shape[1])
+    for _ in range(NEWTON_STEPS):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ theta, -50, 50)))
+        gradient = design.T @ (p - y) + ridge @ theta
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + ridge + 1e-9 * np.eye(len(theta))
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return theta[1:], float(theta[0])

@@ -1,0 +1,110 @@
+"""Each delivered level's findings: the model's score against the model card's threshold, or, for a disc
+finding with a combiner, the model's score and the disc's measurements together.
+
+The model's finding score comes from features pooled inside the structure as delivered (finding_maps.py),
+or without finding maps from the model's per-class probabilities of its raw label. The measurements
+(disc_morphometry.py) say how far the delivered disc reaches behind the vertebral bodies. A small
+logistic model over both, fitted on validation studies by ``lumbar-ai tune-thresholds`` and shipped in
+the model card under ``finding_combiners``, turns them into one probability with its own threshold. A
+model card without combiners, or a disc that could not be measured, keeps the model's score and the
+card's threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import ModelDirectoryError
+from service.infer.finding_maps import FindingMaps
+from service.ontology import Ontology, Structure
+
+LEARNED = "learned_logit"
+"""The model's own probability, as a logit, is the first input of every combiner."""
+PROBABILITY_FLOOR = 1e-6
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class FindingResult:
+    key: str
+    name: str
+    probability: float
+    threshold: float
+    present: bool
+
+
+@dataclass(frozen=True)
+class FindingCombiner:
+    finding: str
+    features: tuple[str, ...]
+    """Input names: LEARNED, then measurement names of DiscMorphometry.features()."""
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    """Each input is standardised with the validation set's mean and SD before the weights apply."""
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+
+    def probability(self, learned: float, measurements: dict[str, float]) -> float:
+        values = {LEARNED: logit(learned), **measurements}
+        z = self.bias + sum(w * (values[name] - m) / s for name, w, m, s
+                            in zip(self.features, self.weights, self.mean, self.scale, strict=True))
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, finding: str, data: dict[str, Any]) -> FindingCombiner:
+        try:
+            combiner = cls(finding, tuple(data["features"]), tuple(map(float, data["mean"])),
+                           tuple(map(float, data["scale"])), tuple(map(float, data["weights"])),
+                           float(data["bias"]), float(data["threshold"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirectoryError(f"finding combiner for {finding!r} is malformed: {exc}") from exc
+        lengths = {len(combiner.features), len(combiner.mean), len(combiner.scale), len(combiner.weights)}
+        if len(lengths) != 1 or combiner.features[:1] != (LEARNED,) or min(combiner.scale, default=1.0) <= 0:
+            raise ModelDirectoryError(f"finding combiner for {finding!r} must start with {LEARNED!r} and give one "
+                              "positive scale, mean and weight per input")
+        return combiner
+
+
+def combiners_from_card(card: dict[str, Any]) -> dict[str, FindingCombiner]:
+    return {key: FindingCombiner.from_dict(key, data) for key, data in card.get("finding_combiners", {}).items()}
+
+
+def logit(p: float) -> float:
+    p = min(max(float(p), PROBABILITY_FLOOR), 1.0 - PROBABILITY_FLOOR)
+    return math.log(p / (1.0 - p))
+
+
+def pooled_probs(finding_maps: FindingMaps | None, labels: np.ndarray, ontology: Ontology
+                 ) -> dict[int, dict[str, float]]:
+    """Delivered label -> {finding key: probability} pooled inside the delivered structure."""
+    if finding_maps is None:
+        return {}
+    keys = [f.key for f in ontology.findings]
+    return {label: {k: float(1.0 / (1.0 + np.exp(-v))) for k, v in zip(keys, logits, strict=True)}
+            for label, logits in finding_maps.pool(labels).items()}
+
+
+def level_findings(structure: Structure, probs: dict[str, float], ontology: Ontology,
+                   thresholds: dict[str, float], combiners: dict[str, FindingCombiner] | None = None,
+                   measurements: dict[str, float] | None = None) -> tuple[FindingResult, ...]:
+    if structure.kind not in ("disc", "vertebra"):
+        return ()
+    out = []
+    for finding in ontology.findings_at(structure.kind):  # type: ignore[arg-type]
+        if finding.key not in probs:
+            continue
+        p = float(probs[finding.key])
+        threshold = float(thresholds.get(finding.key, DEFAULT_THRESHOLD))
+        combiner = (combiners or {}).get(finding.key)
+        if combiner is not None and measurements is not None:
+            p, threshold = combiner.probability(p, measurements), combiner.threshold
+        out.append(FindingResult(finding.key, finding.name, round(p, 4), threshold, p >= threshold))
+    return tuple(out)
