@@ -165,6 +165,8 @@ def _print_findings(report: dict, truth_positive: dict | None) -> None:
     for level in levels:
         size = f"{level['volume_mm3'] / 1000:6.1f} mL" if level.get("volume_mm3") is not None else ""
         height = f"height {level['disc_height_mm']:.1f} mm" if level.get("disc_height_mm") else ""
+        if level.get("posterior_extent_mm") is not None:
+            height += f", {level['posterior_extent_mm']:+.1f} mm behind the bodies"
         cells = ", ".join(
             f"{f['name']} {f['probability']:.2f}{'*' if f['present'] else ''}"
             for f in level.get("findings") or []
