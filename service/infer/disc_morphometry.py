@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from service.infer.disc_finding import Disc, depth_axis, disc_normal
 from service.ontology import Ontology
@@ -53,31 +54,34 @@ def measure_discs(labels: np.ndarray, ontology: Ontology, grid) -> dict[int, Dis
     """Disc label -> its measurements, for every disc of ``labels`` with a vertebral body (or the sacrum)
     next to it. ``labels`` is a delivered label map: levels in order, one structure per label."""
     order = ontology.caudal_to_cranial()
+    boxes = ndimage.find_objects(labels)  # one pass; each structure is then read inside its own box
     out = {}
     for i, structure in enumerate(order):
         if structure.kind != "disc":
             continue
         bones = [(order[j].label, side) for j, side in ((i - 1, -1.0), (i + 1, 1.0)) if 0 <= j < len(order)]
-        measured = measure_disc(labels, structure.label, bones, grid)
+        measured = measure_disc(labels, structure.label, bones, grid, boxes)
         if measured is not None:
             out[structure.label] = measured
     return out
 
 
-def measure_disc(labels: np.ndarray, disc_label: int, bones: list[tuple[int, float]], grid
-                 ) -> DiscMorphometry | None:
-    """``bones``: (label, side) of the structures below (-1) and above (+1) the disc."""
-    index = np.argwhere(labels == disc_label)
+def measure_disc(labels: np.ndarray, disc_label: int, bones: list[tuple[int, float]], grid,
+                 boxes: list | None = None) -> DiscMorphometry | None:
+    """``bones``: (label, side) of the structures below (-1) and above (+1) the disc; ``boxes``: the
+    label map's ndimage.find_objects, when the caller has it."""
+    boxes = ndimage.find_objects(labels) if boxes is None else boxes
+    index = _voxels(labels, disc_label, boxes)
     if len(index) < MIN_SLICE_VOXELS:
         return None
     points = grid.index_to_patient(index)
     centre = np.median(points, axis=0)  # migrated material would pull a mean up or down
-    bone = [(np.argwhere(labels == label), side) for label, side in bones]
+    bone = [(_voxels(labels, label, boxes), side) for label, side in bones]
     bone = [(where, grid.index_to_patient(where), side) for where, side in bone if len(where)]
     if not bone:
         return None
     normal = _plane_normal(points, bone, grid)
-    depth_dir, _ = depth_axis(Disc(labels == disc_label, points, centre), normal, grid)
+    depth_dir, _ = depth_axis(Disc(np.zeros(0, bool), points, centre), normal, grid)  # reads only the points
     near = [side * ((where_mm - centre) @ normal) for _, where_mm, side in bone]
     near = [(h > 0) & (h <= ENDPLATE_BAND_MM) for h in near]
     bone_index = np.concatenate([where[keep] for (where, _, _), keep in zip(bone, near, strict=True)])
@@ -110,6 +114,14 @@ def _plane_normal(disc_points: np.ndarray, bone: list[tuple[np.ndarray, np.ndarr
         if np.linalg.norm(direction) > 0:
             return direction / np.linalg.norm(direction)
     return disc_normal(disc_points, grid, HEAD)
+
+
+def _voxels(labels: np.ndarray, label: int, boxes: list) -> np.ndarray:
+    """Indices of the label's voxels, found inside its bounding box."""
+    box = boxes[label - 1] if 0 < label <= len(boxes) else None
+    if box is None:
+        return np.zeros((0, labels.ndim), int)
+    return np.argwhere(labels[box] == label) + np.array([s.start for s in box])
 
 
 def _front_run_end(depths: np.ndarray) -> float:
