@@ -52,7 +52,7 @@ def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
             learned = {f.key: f.probability for f in level.findings} if level is not None else {}
             measured = None
             if level is not None and level.posterior_extent_mm is not None:
-                measured = {"posterior_extent_mm": level.posterior_extent_mm, "migration_mm": level.migration_mm}
+                measured = {f: getattr(level, f) for f in FEATURES}
             rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual))
                      for key, actual in values.items()]
     return rows

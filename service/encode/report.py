@@ -63,6 +63,7 @@ def build_report(
                 "disc_height_mm": lv.disc_height_mm,
                 "posterior_extent_mm": lv.posterior_extent_mm,
                 "migration_mm": lv.migration_mm,
+                "endplate_intrusion_mm": lv.endplate_intrusion_mm,
                 "centroid_mm": list(lv.centroid_mm),
                 "model_label": lv.raw_label,
                 "findings": findings,

@@ -31,9 +31,11 @@ CANAL_GAP_MM = 2.0
 """A gap at least this wide along the front-to-back line ends the vertebral body (the spinal canal)."""
 BEHIND_MM = 1.0
 """Disc voxels this far behind the margin count as displaced material for the migration."""
+COLUMN_MM = 2.0
+"""The disc's thickness profile is read in front-to-back steps of this size."""
 MIN_SLICE_VOXELS = 10
 """A slice with fewer disc or bone voxels than this says nothing about the margin."""
-FEATURES = ("posterior_extent_mm", "migration_mm")
+FEATURES = ("posterior_extent_mm", "migration_mm", "endplate_intrusion_mm")
 HEAD = np.array([0.0, 0.0, 1.0])
 """The patient's head direction (+z in LPS); disc_normal takes only its sign from it."""
 
@@ -45,9 +47,13 @@ class DiscMorphometry:
     (negative when the disc stays in front of the margin)."""
     migration_mm: float
     """How far disc material behind the margin reaches up or down from the disc's plane (0 when none)."""
+    endplate_intrusion_mm: float
+    """How far the disc reaches into a body beyond its usual surface there, in front of the margin (a
+    Schmorl's node): the greatest excess over the median of its upper or lower surface along the disc."""
 
     def features(self) -> dict[str, float]:
-        return {"posterior_extent_mm": self.posterior_extent_mm, "migration_mm": self.migration_mm}
+        return {"posterior_extent_mm": self.posterior_extent_mm, "migration_mm": self.migration_mm,
+                "endplate_intrusion_mm": self.endplate_intrusion_mm}
 
 
 def measure_discs(labels: np.ndarray, ontology: Ontology, grid) -> dict[int, DiscMorphometry]:
@@ -88,7 +94,7 @@ def measure_disc(labels: np.ndarray, disc_label: int, bones: list[tuple[int, flo
     bone_depth = np.concatenate([(mm[keep] - centre) @ depth_dir for (_, mm, _), keep in zip(bone, near, strict=True)])
     central = np.abs((points - centre) @ np.asarray(grid.normal, float)) <= CENTRAL_MM
     disc_depth, disc_height = (points - centre) @ depth_dir, (points - centre) @ normal
-    extents, migrations = [], []
+    extents, migrations, intrusions = [], [], []
     for s in np.unique(index[central, 0]):
         on_slice = central & (index[:, 0] == s)
         bone_on_slice = bone_depth[bone_index[:, 0] == s]
@@ -98,9 +104,21 @@ def measure_disc(labels: np.ndarray, disc_label: int, bones: list[tuple[int, flo
         extents.append(float(disc_depth[on_slice].max()) - margin)
         behind = on_slice & (disc_depth > margin + BEHIND_MM)
         migrations.append(float(np.abs(disc_height[behind]).max()) if behind.any() else 0.0)
+        intrusions.append(_intrusion(disc_depth[on_slice & ~behind], disc_height[on_slice & ~behind]))
     if not extents:
         return None
-    return DiscMorphometry(round(max(extents), 2), round(max(migrations), 2))
+    return DiscMorphometry(round(max(extents), 2), round(max(migrations), 2), round(max(intrusions), 2))
+
+
+def _intrusion(depth: np.ndarray, height: np.ndarray) -> float:
+    """Greatest excess of the disc's upper or lower surface over that surface's median, along the disc."""
+    steps = np.round(depth / COLUMN_MM)
+    columns = np.unique(steps)
+    if len(columns) < 3:
+        return 0.0
+    tops = np.array([height[steps == c].max() for c in columns])
+    bottoms = np.array([height[steps == c].min() for c in columns])
+    return max(float(tops.max() - np.median(tops)), float(np.median(bottoms) - bottoms.min()))
 
 
 def _plane_normal(disc_points: np.ndarray, bone: list[tuple[np.ndarray, np.ndarray, float]], grid) -> np.ndarray:

@@ -76,6 +76,8 @@ class LevelResult:
     """Discs: how far the disc reaches behind the adjacent vertebral bodies (disc_morphometry.py)."""
     migration_mm: float | None = None
     """Discs: how far disc material behind the bodies reaches up or down from the disc's plane."""
+    endplate_intrusion_mm: float | None = None
+    """Discs: how far the disc reaches into a body beyond its usual surface (a Schmorl's node)."""
 
     @property
     def positive_findings(self) -> list[FindingResult]:
@@ -177,6 +179,7 @@ def postprocess(
                                         ontology, thresholds, finding_combiners, measurements),
                 posterior_extent_mm=None if morphometry is None else morphometry.posterior_extent_mm,
                 migration_mm=None if morphometry is None else morphometry.migration_mm,
+                endplate_intrusion_mm=None if morphometry is None else morphometry.endplate_intrusion_mm,
             )
         )
     return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))

@@ -15,7 +15,8 @@ def _rows(n: int, seed: int = 0) -> list[LevelRow]:
         actual = i % 4 == 0
         extent = rng.uniform(3, 7) if actual else rng.uniform(-2, 1.5)
         rows.append(LevelRow("disc_protrusion", float(rng.uniform(0.05, 0.95)),
-                             {"posterior_extent_mm": extent, "migration_mm": float(rng.uniform(0, 3))}, actual))
+                             {"posterior_extent_mm": extent, "migration_mm": float(rng.uniform(0, 3)),
+                              "endplate_intrusion_mm": float(rng.uniform(0, 2))}, actual))
     return rows
 
 

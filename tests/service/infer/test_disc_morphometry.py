@@ -71,3 +71,14 @@ def test_delivered_discs_carry_their_measurements_and_vertebrae_none():
     result = postprocess(labels, {}, ONT, {}, grid())
     assert result.level(L45).posterior_extent_mm == pytest.approx(3 * SPACING[1])
     assert result.level(L4).posterior_extent_mm is None
+
+
+def test_disc_material_pushed_into_the_body_above_measures_its_depth_as_endplate_intrusion():
+    labels = spine(CANONICAL)
+    rows = _rows(labels, L45)
+    labels[2, rows[0] - 6:rows[0], 22:28] = L45  # a Schmorl's node: 6 rows up into L4, mid-disc
+    m = measure_discs(labels, ONT, grid())[L45]
+    assert m.endplate_intrusion_mm == pytest.approx(6 * SPACING[0], abs=0.5)
+    assert m.posterior_extent_mm == pytest.approx(0.0)
+    flat = measure_discs(spine(CANONICAL), ONT, grid())[L45]
+    assert flat.endplate_intrusion_mm == pytest.approx(0.0)

@@ -14,6 +14,7 @@ from service.ontology import DEFAULT_ONTOLOGY as ONT
 DISC = ONT.by_level("L4/L5", "disc")
 PROTRUSION = {"features": [LEARNED, "posterior_extent_mm", "migration_mm"], "mean": [0.0, 1.0, 0.0],
               "scale": [1.0, 2.0, 1.0], "weights": [0.5, 3.0, 0.0], "bias": -2.0, "threshold": 0.6}
+"""A combiner names its inputs, so one fitted on fewer measurements still reads the right ones."""
 PROBS = {"disc_bulging": 0.2, "disc_protrusion": 0.3, "disc_extrusion": 0.1, "schmorl_node": 0.05}
 
 
