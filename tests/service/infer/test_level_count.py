@@ -41,7 +41,10 @@ def _rows(mask: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(120))
 def test_delivered_bodies_and_discs_follow_the_column_and_each_arch_stays_by_its_body(seed):
-    result = postprocess(_noisy_column(seed), {}, ONT, {}, grid())
+    labels = _noisy_column(seed)
+    result = postprocess(labels, {}, ONT, {}, grid())
+    removed = sum(c.voxels for c in result.changes if c.kind in ("dropped", "fragment_removed"))
+    assert sum(lv.voxels for lv in result.levels) + removed == np.count_nonzero(labels)  # nothing lost unsaid
     order = [s.label for s in ONT.caudal_to_cranial()]
     column = result.labels[:, :, BODY_COLS]
     placed = [(float(_rows(column == lv.label).mean()), order.index(lv.label)) for lv in result.levels
