@@ -200,9 +200,13 @@ def disc_normal(points: np.ndarray, grid, axis: np.ndarray) -> np.ndarray:
 def depth_axis(disc: Disc, normal: np.ndarray, grid) -> tuple[np.ndarray, tuple[float, float]]:
     """The disc's front-to-back direction in the sagittal plane, pointing back, and its extent along it
     (mm from its centroid)."""
-    direction = np.cross(normal, grid.normal)
-    direction /= np.linalg.norm(direction)
-    if direction[1] < 0:  # toward the patient's back (+y in LPS), where the arches are
-        direction = -direction
+    direction = depth_direction(normal, grid)
     depth = (disc.points - disc.centroid) @ direction
     return direction, (float(depth.min()), float(depth.max()))
+
+
+def depth_direction(normal: np.ndarray, grid) -> np.ndarray:
+    """Across a disc with this normal, within the sagittal plane, pointing to the patient's back."""
+    direction = np.cross(normal, grid.normal)
+    direction /= np.linalg.norm(direction)
+    return -direction if direction[1] < 0 else direction  # +y in LPS is back, where the arches are

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from service.infer.disc_finding import Disc, depth_axis, disc_normal
+from service.infer.disc_finding import depth_direction, disc_normal
 from service.ontology import Ontology
 
 ENDPLATE_BAND_MM = 12.0
@@ -87,7 +87,7 @@ def measure_disc(labels: np.ndarray, disc_label: int, bones: list[tuple[int, flo
     if not bone:
         return None
     normal = _plane_normal(points, bone, grid)
-    depth_dir, _ = depth_axis(Disc(np.zeros(0, bool), points, centre), normal, grid)  # reads only the points
+    depth_dir = depth_direction(normal, grid)
     near = [side * ((where_mm - centre) @ normal) for _, where_mm, side in bone]
     near = [(h > 0) & (h <= ENDPLATE_BAND_MM) for h in near]
     bone_index = np.concatenate([where[keep] for (where, _, _), keep in zip(bone, near, strict=True)])
