@@ -1,7 +1,8 @@
 """Comprehensive 3D SR with a TID 1500 Measurement Report of the structures and per-level findings.
 
 One volumetric measurement group (TID 1411) per present structure, referencing its SEG segment and the
-source images: volume, disc height for discs, and for each finding of the structure's site its
+source images: volume, for discs their height and how far they reach behind the bodies, migrate and
+intrude into a body (private codes), and for each finding of the structure's site its
 probability and the thresholded decision (Present/Absent) as a qualitative evaluation. The findings have no
 PS3.16 codes, so they use the ontology's private coding scheme, declared in the
 CodingSchemeIdentificationSequence so that a receiver can tell what the designator means.
@@ -24,6 +25,12 @@ from service.ontology import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, PRIVATE_SCHEM
 
 PROBABILITY_SUFFIX = "P"
 """A finding's probability is coded as the finding's private code plus this suffix (e.g. LAI0002P)."""
+DISC_MEASUREMENTS = {
+    "posterior_extent_mm": ("LAI0101", "Disc extent behind vertebral bodies"),
+    "migration_mm": ("LAI0102", "Displaced disc material migration"),
+    "endplate_intrusion_mm": ("LAI0103", "Disc intrusion into vertebral body"),
+}
+"""The disc measurements (service/infer/disc_morphometry.py) have no PS3.16 codes either."""
 
 
 def finding_code(finding: Finding) -> hd.sr.CodedConcept:
@@ -118,6 +125,11 @@ def _measurement_group(
                 name=codes.DCM.Height, value=level.disc_height_mm, unit=codes.UCUM.Millimeter
             )
         )
+    for attribute, (code, meaning) in DISC_MEASUREMENTS.items():
+        value = getattr(level, attribute)
+        if value is not None:
+            measurements.append(hd.sr.Measurement(name=hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning),
+                                                  value=value, unit=codes.UCUM.Millimeter))
     evaluations = []
     for f in level.findings:
         finding = ontology.finding(f.key)

@@ -133,10 +133,13 @@ def test_sr_measurement_groups_reference_segments_and_carry_measurements_and_fin
         assert volume.value == pytest.approx(level.volume_mm3)
         assert volume.unit.value == "mm3"
         heights = group.get_measurements(name=codes.DCM.Height)
+        extents = [m for m in group.get_measurements() if m.name.value == "LAI0101"]
         if level.kind == "disc":
             assert heights[0].value == pytest.approx(level.disc_height_mm)
+            assert extents[0].value == pytest.approx(level.posterior_extent_mm)
+            assert extents[0].unit.value == "mm" and extents[0].name.scheme_designator == PRIVATE_SCHEME
         else:
-            assert heights == []
+            assert heights == [] and extents == []
         evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
         for f in level.findings:
             code = ONT.finding(f.key).code_value
