@@ -10,8 +10,9 @@ the report shows, since those are what the thresholds decide on in the worker. `
 model's own per-class probabilities instead, as training does.
 
 On delivered probabilities it also fits a combiner per disc finding (``--combine morphometry``, the
-default): the model's score together with how far the delivered disc reaches behind the vertebral bodies
-(evaluation/combiner_fit.py). ``--combine none`` leaves the model's scores alone.
+default): the model's score together with the delivered disc's morphometry (evaluation/combiner_fit.py),
+kept only where its cross-validated AUC beats the model's score. ``--combine none`` leaves the model's
+scores alone.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from model_export.data import load_cases
-    from model_export.evaluation.combiner_fit import fit_combiner, fit_report, level_rows, score_pairs
+    from model_export.evaluation.combiner_fit import level_rows, score_pairs, select_combiner
     from model_export.evaluation.evaluate import load_predictor
     from model_export.evaluation.finding_pooling import finding_pairs
     from model_export.training.loop import threshold_report, tune_thresholds
@@ -59,10 +60,9 @@ def run(args: argparse.Namespace) -> int:
         pairs = score_pairs(rows)
         if args.combine == "morphometry":
             for finding in predictor.ontology.findings_at("disc"):
-                combiner = fit_combiner(finding.key, rows)
+                combiner, combined[finding.key] = select_combiner(finding.key, rows)
                 if combiner is not None:
                     combiners[finding.key] = combiner.to_dict()
-                    combined[finding.key] = fit_report(combiner, rows)
     else:
         pairs = finding_pairs(predictor, cases, ("raw",))["raw"]
     thresholds = tune_thresholds(pairs)

@@ -6,6 +6,11 @@ logistic regression with an L2 penalty (a few dozen positive discs at most, so t
 standardised inputs to a probability, and its threshold is the best-F1 one on the same rows, as for the
 model's own scores. Discs the prediction lacks or could not measure keep the model's score; they are left
 out of the fit.
+
+A combiner is kept only where it beats the model's score on discs it was not fitted on: fitted on all
+validation studies but one fold and scored on that fold, over CV_FOLDS folds of whole studies, its AUC
+must exceed the model score's by KEEP_MARGIN. A measurement that carries no signal (the delivered outline
+does not follow the disc's back) then leaves the model's score in charge instead of adding noise.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ L2_PENALTY = 1.0
 NEWTON_STEPS = 50
 MIN_POSITIVES = 3
 """With fewer positive discs a finding gets no combiner: its model score alone decides."""
+CV_FOLDS = 5
+KEEP_MARGIN = 0.01
+"""Cross-validated AUC gain over the model's score that a combiner must show to be kept."""
 
 
 @dataclass
@@ -32,6 +40,7 @@ class LevelRow:
     learned: float
     measurements: dict[str, float] | None
     actual: bool
+    case: str = ""
 
 
 def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
@@ -53,7 +62,7 @@ def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
             measured = None
             if level is not None and level.posterior_extent_mm is not None:
                 measured = {f: getattr(level, f) for f in FEATURES}
-            rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual))
+            rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual), case.name)
                      for key, actual in values.items()]
     return rows
 
@@ -87,14 +96,37 @@ def fit_combiner(finding: str, rows: list[LevelRow]) -> FindingCombiner | None:
                            float(threshold))
 
 
-def fit_report(combiner: FindingCombiner, rows: list[LevelRow]) -> dict[str, Any]:
-    """AUC of the model's score and of the combined probability on the rows the combiner was fitted on."""
-    used = [r for r in rows if r.finding == combiner.finding and r.measurements is not None]
-    return {"discs": len(used), "positive": sum(r.actual for r in used),
-            "auc_model": auc([(r.learned, r.actual) for r in used]),
-            "auc_combined": auc([(combiner.probability(r.learned, r.measurements), r.actual) for r in used]),
-            "weights": dict(zip(combiner.features, (round(w, 3) for w in combiner.weights), strict=True)),
-            "threshold": round(combiner.threshold, 4)}
+def cross_validated_auc(finding: str, rows: list[LevelRow], folds: int = CV_FOLDS) -> float | None:
+    """AUC of out-of-fold combined probabilities, folds made of whole studies; None when a fold's
+    training part cannot be fitted."""
+    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    cases = sorted({r.case for r in used})
+    if len(cases) < folds:
+        return None
+    fold_of = {case: i % folds for i, case in enumerate(cases)}
+    scored = []
+    for k in range(folds):
+        combiner = fit_combiner(finding, [r for r in used if fold_of[r.case] != k])
+        if combiner is None:
+            return None
+        scored += [(combiner.probability(r.learned, r.measurements), r.actual) for r in used if fold_of[r.case] == k]
+    return auc(scored)
+
+
+def select_combiner(finding: str, rows: list[LevelRow]) -> tuple[FindingCombiner | None, dict[str, Any]]:
+    """The combiner fitted on all rows if its cross-validated AUC beats the model's score, and the
+    figures that decided it."""
+    combiner = fit_combiner(finding, rows)
+    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    report: dict[str, Any] = {"discs": len(used), "positive": sum(r.actual for r in used),
+                              "auc_model": auc([(r.learned, r.actual) for r in used])}
+    if combiner is None:
+        return None, {**report, "kept": False, "why": f"fewer than {MIN_POSITIVES} measured positive discs"}
+    report["auc_combined_cross_validated"] = cv = cross_validated_auc(finding, rows)
+    report["weights"] = dict(zip(combiner.features, (round(w, 3) for w in combiner.weights), strict=True))
+    report["threshold"] = round(combiner.threshold, 4)
+    kept = cv is not None and report["auc_model"] is not None and cv > report["auc_model"] + KEEP_MARGIN
+    return (combiner if kept else None), {**report, "kept": kept}
 
 
 def _logistic_regression(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, float]:
