@@ -111,6 +111,7 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     arch_planes = _with_planes_past_the_ends(vertebra_index, discs, positions, grid, axis)
     orphans = _attach_posterior_elements(labels, arches, named, arch_planes, body_planes)
     orphans = _edge_arches(labels, orphans, named, vertebra_order, arch_planes, body_planes)
+    orphans = _arches_level_with_a_body(orphans, named, arch_planes, body_planes)
     placed = np.zeros(labels.shape, dtype=bool)
     for n in named:
         placed |= n.mask
@@ -213,10 +214,11 @@ def _planes_below_body(body: np.ndarray, planes_below: np.ndarray) -> int:
 
 
 def _near_body(planes_below: np.ndarray, body_interval: int) -> np.ndarray:
-    """Where an arch of the body in ``body_interval`` can lie: level with its body, or one interval lower,
-    where its spinous process slopes down behind the disc and the vertebra below. Farther away the same
-    label is not this vertebra's arch, and would put the vertebra out of order along the column."""
-    return (planes_below == body_interval) | (planes_below == body_interval - 1)
+    """Where an arch of the body in ``body_interval`` can lie: level with its body, one interval lower
+    (its spinous process slopes down behind the disc and the vertebra below) or one higher (its superior
+    articular processes rise beside the disc above). Farther away the same label is not this vertebra's
+    arch, and would put the vertebra out of order along the column."""
+    return np.abs(planes_below.astype(np.int16) - body_interval) <= 1
 
 
 def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure],
@@ -261,6 +263,23 @@ def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStr
             if arch.any():
                 named.append(CountedStructure(vertebra_order[rank], arch))
                 orphans = orphans & ~arch
+    return orphans
+
+
+def _arches_level_with_a_body(orphans: np.ndarray, named: list[CountedStructure], planes_below: np.ndarray,
+                              body_planes: dict[int, int]) -> np.ndarray:
+    """Arch voxels that carry the label of a body two or more levels away: the model named the level
+    wrongly, not the bone. They join the vertebra whose body lies level with them, where the interval
+    holds exactly one; returns the voxels still left over."""
+    per_interval: dict[int, list[CountedStructure]] = {}
+    for n in named:
+        if id(n) in body_planes and body_planes[id(n)] >= 0:
+            per_interval.setdefault(body_planes[id(n)], []).append(n)
+    for interval, owners in per_interval.items():
+        if len(owners) == 1:
+            arch = orphans & (planes_below == interval)
+            owners[0].mask = owners[0].mask | arch
+            orphans = orphans & ~arch
     return orphans
 
 
