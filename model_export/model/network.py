@@ -121,7 +121,8 @@ class FusionExport(nn.Module):
     def forward(self, features: torch.Tensor, pooled: torch.Tensor, structure_embeddings: torch.Tensor,
                 finding_embeddings: torch.Tensor, output_grid: torch.Tensor):
         low = self.fusion.segment(features, pooled, structure_embeddings)
-        probs = torch.softmax(low, dim=1)[:, 1:]
+        shifted = torch.exp(low - low.amax(dim=1, keepdim=True))  # softmax written out: ONNX Runtime's
+        probs = (shifted / shifted.sum(dim=1, keepdim=True))[:, 1:]  # Softmax over axis 1 was 3x slower
         finding_logits = self.fusion.finding_logits(features, finding_embeddings)
         class_mass, finding_mass = finding_sums(finding_logits, probs)
         up = F.interpolate(low, size=output_grid.shape[-2:], mode="bilinear", align_corners=False)
