@@ -11,7 +11,9 @@ kind of each voxel (sacrum, vertebra, disc) and named by their rank:
    is fitted in the sagittal plane, so lordosis tilts it with the disc), which also splits two vertebrae
    the model let touch, and merges one vertebra the model painted with two level labels. Behind the
    discs the planes would cut the spinous processes, which slope down over the level below, so the arch
-   voxels follow their body instead: they keep the model's label, renamed as that label's body was.
+   voxels follow their body instead: they keep the model's label, renamed as that label's body was, as
+   long as they lie within one interval of that body; arch voxels whose label names a body farther away
+   join the body level with them. So no delivered vertebra comes out of order along the column.
 3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies under the lowest disc,
    levels are counted up from it, whatever the model called the discs: right under it, that disc is
    L5/S1; an empty gap of about one disc spacing means the model missed one level there, and so on. A
@@ -48,6 +50,8 @@ class CountedStructure:
     structure: Structure
     mask: np.ndarray
     """Full-size boolean mask of the voxels named ``structure``."""
+    body_interval: int = -1
+    """Vertebrae: how many disc planes lie below most of the body (-1 without a body in view)."""
 
 
 @dataclass
@@ -107,11 +111,13 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
         named.extend(_split_interval(labels, intervals[i + 1], _above_disc(i, best, positions, vertebra_order),
                                      grid, axis))
     arches = (vertebra_index >= 0) & ~vertebra_body & ~vertebra_front
-    body_planes = {id(n): _planes_below_body(n.mask, vertebra_index) for n in named if n.structure.kind == "vertebra"}
+    for n in named:
+        if n.structure.kind == "vertebra":
+            n.body_interval = _planes_below_body(n.mask, vertebra_index)
     arch_planes = _with_planes_past_the_ends(vertebra_index, discs, positions, grid, axis)
-    orphans = _attach_posterior_elements(labels, arches, named, arch_planes, body_planes)
-    orphans = _edge_arches(labels, orphans, named, vertebra_order, arch_planes, body_planes)
-    orphans = _arches_level_with_a_body(orphans, named, arch_planes, body_planes)
+    orphans = _attach_posterior_elements(labels, arches, named, arch_planes)
+    orphans = _edge_arches(labels, orphans, named, vertebra_order, arch_planes)
+    orphans = _arches_level_with_a_body(orphans, named, arch_planes)
     placed = np.zeros(labels.shape, dtype=bool)
     for n in named:
         placed |= n.mask
@@ -222,7 +228,7 @@ def _near_body(planes_below: np.ndarray, body_interval: int) -> np.ndarray:
 
 
 def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named: list[CountedStructure],
-                               planes_below: np.ndarray, body_planes: dict[int, int]) -> np.ndarray:
+                               planes_below: np.ndarray) -> np.ndarray:
     """Give each vertebra the arch voxels near its body that carry the label the model gave its body;
     returns the voxels left over.
 
@@ -237,22 +243,21 @@ def _attach_posterior_elements(labels: np.ndarray, posterior: np.ndarray, named:
             owner[raw] = (count, n)
     leftover = posterior.copy()
     for raw, (_, n) in owner.items():
-        arch = posterior & (labels == raw) & _near_body(planes_below, body_planes[id(n)])
+        arch = posterior & (labels == raw) & _near_body(planes_below, n.body_interval)
         n.mask = n.mask | arch
         leftover &= ~arch
     return leftover
 
 
 def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStructure],
-                 vertebra_order: list[Structure], planes_below: np.ndarray, body_planes: dict[int, int]
-                 ) -> np.ndarray:
+                 vertebra_order: list[Structure], planes_below: np.ndarray) -> np.ndarray:
     """Arch voxels of the vertebra just beyond either end of the column keep the model's label: at the
     edge of the field of view a spinous process is often in view while its body is not. They must lie
-    where that vertebra's arch can be: its body would sit one interval beyond the end vertebra's, and the
-    arch level with it or one interval lower (a spinous process slopes down over the level below). The
-    same label painted behind the middle of the column is no arch of it."""
-    ends = [(vertebra_order.index(n.structure), body_planes[id(n)]) for n in named
-            if id(n) in body_planes and n.mask.any() and body_planes[id(n)] >= 0]
+    where that vertebra's arch can be: within one interval (_near_body) of where its body would sit, one
+    interval beyond the end vertebra's. The same label painted behind the middle of the column is no arch
+    of it."""
+    ends = [(vertebra_order.index(n.structure), n.body_interval) for n in named
+            if n.structure.kind == "vertebra" and n.mask.any() and n.body_interval >= 0]
     if not ends or not orphans.any():
         return orphans
     (low_rank, low_interval), (high_rank, high_interval) = min(ends), max(ends)
@@ -266,15 +271,15 @@ def _edge_arches(labels: np.ndarray, orphans: np.ndarray, named: list[CountedStr
     return orphans
 
 
-def _arches_level_with_a_body(orphans: np.ndarray, named: list[CountedStructure], planes_below: np.ndarray,
-                              body_planes: dict[int, int]) -> np.ndarray:
+def _arches_level_with_a_body(orphans: np.ndarray, named: list[CountedStructure], planes_below: np.ndarray
+                              ) -> np.ndarray:
     """Arch voxels that carry the label of a body two or more levels away: the model named the level
     wrongly, not the bone. They join the vertebra whose body lies level with them, where the interval
     holds exactly one; returns the voxels still left over."""
     per_interval: dict[int, list[CountedStructure]] = {}
     for n in named:
-        if id(n) in body_planes and body_planes[id(n)] >= 0:
-            per_interval.setdefault(body_planes[id(n)], []).append(n)
+        if n.structure.kind == "vertebra" and n.body_interval >= 0:
+            per_interval.setdefault(n.body_interval, []).append(n)
     for interval, owners in per_interval.items():
         if len(owners) == 1:
             arch = orphans & (planes_below == interval)
