@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ModelDirectoryError
+from service.infer.disc_morphometry import FEATURES
 from service.infer.finding_maps import FindingMaps
 from service.ontology import Ontology, Structure
 
@@ -68,8 +69,12 @@ class FindingCombiner:
             raise ModelDirectoryError(f"finding combiner for {finding!r} is malformed: {exc}") from exc
         lengths = {len(combiner.features), len(combiner.mean), len(combiner.scale), len(combiner.weights)}
         if len(lengths) != 1 or combiner.features[:1] != (LEARNED,) or min(combiner.scale, default=1.0) <= 0:
-            raise ModelDirectoryError(f"finding combiner for {finding!r} must start with {LEARNED!r} and give one "
-                              "positive scale, mean and weight per input")
+            raise ModelDirectoryError(f"finding combiner for {finding!r} must start with {LEARNED!r} and give "
+                                      "one positive scale, mean and weight per input")
+        unknown = set(combiner.features[1:]) - set(FEATURES)
+        if unknown:
+            raise ModelDirectoryError(f"finding combiner for {finding!r} reads measurements this service does "
+                                      f"not make: {sorted(unknown)}")
         return combiner
 
 

@@ -51,6 +51,7 @@ def test_a_card_without_combiners_has_none():
     {**PROTRUSION, "weights": [1.0]},
     {**PROTRUSION, "features": ["posterior_extent_mm", LEARNED, "migration_mm"]},
     {**PROTRUSION, "scale": [1.0, 0.0, 1.0]},
+    {**PROTRUSION, "features": [LEARNED, "posterior_extent_mm", "canal_area_mm2"]},
 ])
 def test_a_malformed_combiner_is_a_model_directory_error_naming_the_finding(broken):
     with pytest.raises(ModelDirectoryError, match="disc_protrusion"):
