@@ -15,6 +15,7 @@ does not follow the disc's back) then leaves the model's score in charge instead
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def fit_combiner(finding: str, rows: list[LevelRow]) -> FindingCombiner | None:
     """The finding's combiner, or None with fewer than MIN_POSITIVES measured positive discs."""
     from model_export.evaluation.metrics import best_f1_threshold
 
-    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    used = _measured(finding, rows)
     actual = np.array([r.actual for r in used], dtype=bool)
     if actual.sum() < MIN_POSITIVES or (~actual).sum() < MIN_POSITIVES:
         return None
@@ -91,15 +92,13 @@ def fit_combiner(finding: str, rows: list[LevelRow]) -> FindingCombiner | None:
     combiner = FindingCombiner(finding, names, tuple(mean.tolist()), tuple(scale.tolist()),
                                tuple(weights.tolist()), float(bias), 0.5)
     combined = np.array([combiner.probability(r.learned, r.measurements) for r in used])
-    threshold = best_f1_threshold(combined, actual)
-    return FindingCombiner(finding, names, combiner.mean, combiner.scale, combiner.weights, combiner.bias,
-                           float(threshold))
+    return dataclasses.replace(combiner, threshold=float(best_f1_threshold(combined, actual)))
 
 
 def cross_validated_auc(finding: str, rows: list[LevelRow], folds: int = CV_FOLDS) -> float | None:
     """AUC of out-of-fold combined probabilities, folds made of whole studies; None when a fold's
     training part cannot be fitted."""
-    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    used = _measured(finding, rows)
     cases = sorted({r.case for r in used})
     if len(cases) < folds:
         return None
@@ -117,7 +116,7 @@ def select_combiner(finding: str, rows: list[LevelRow]) -> tuple[FindingCombiner
     """The combiner fitted on all rows if its cross-validated AUC beats the model's score, and the
     figures that decided it."""
     combiner = fit_combiner(finding, rows)
-    used = [r for r in rows if r.finding == finding and r.measurements is not None]
+    used = _measured(finding, rows)
     report: dict[str, Any] = {"discs": len(used), "positive": sum(r.actual for r in used),
                               "auc_model": auc([(r.learned, r.actual) for r in used])}
     if combiner is None:
@@ -127,6 +126,11 @@ def select_combiner(finding: str, rows: list[LevelRow]) -> tuple[FindingCombiner
     report["threshold"] = round(combiner.threshold, 4)
     kept = cv is not None and report["auc_model"] is not None and cv > report["auc_model"] + KEEP_MARGIN
     return (combiner if kept else None), {**report, "kept": kept}
+
+
+def _measured(finding: str, rows: list[LevelRow]) -> list[LevelRow]:
+    """The finding's rows of discs the delivered output measured: the ones a combiner fits and scores."""
+    return [r for r in rows if r.finding == finding and r.measurements is not None]
 
 
 def _logistic_regression(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, float]:

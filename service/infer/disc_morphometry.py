@@ -52,8 +52,7 @@ class DiscMorphometry:
     Schmorl's node): the greatest excess over the median of its upper or lower surface along the disc."""
 
     def features(self) -> dict[str, float]:
-        return {"posterior_extent_mm": self.posterior_extent_mm, "migration_mm": self.migration_mm,
-                "endplate_intrusion_mm": self.endplate_intrusion_mm}
+        return {name: getattr(self, name) for name in FEATURES}
 
 
 def measure_discs(labels: np.ndarray, ontology: Ontology, grid) -> dict[int, DiscMorphometry]:

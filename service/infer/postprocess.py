@@ -177,9 +177,7 @@ def postprocess(
                 disc_height_mm=None if height is None else round(height, 2),
                 findings=level_findings(structure, pooled.get(structure.label, finding_probs.get(comp.raw_label, {})),
                                         ontology, thresholds, finding_combiners, measurements),
-                posterior_extent_mm=None if morphometry is None else morphometry.posterior_extent_mm,
-                migration_mm=None if morphometry is None else morphometry.migration_mm,
-                endplate_intrusion_mm=None if morphometry is None else morphometry.endplate_intrusion_mm,
+                **(measurements or {}),
             )
         )
     return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
