@@ -19,9 +19,11 @@ import numpy as np
 from model_export.data import Case
 from model_export.evaluation.metrics import (
     DEFINITIONS,
+    LOSS_CAUSES,
     Counts,
     kind_map,
     kind_of_label,
+    miou_loss_by_cause,
     overlap_per_structure,
 )
 from model_export.evaluation.stats import paired_comparison
@@ -54,6 +56,7 @@ class ModelResult:
     findings: dict[str, Counts] = field(default_factory=dict)
     seconds_per_case: list[float] = field(default_factory=list)
     case_kind_miou: list[float] = field(default_factory=list)
+    case_miou_loss: list[dict[str, float]] = field(default_factory=list)
     postprocessed: bool = False
 
 
@@ -148,7 +151,9 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
                 level_thresholds: dict[int, dict[str, float]] | None = None) -> None:
     labels = [s.label for s in ontology.structures]
     kinds = kind_of_label(ontology)
-    scores = overlap_per_structure(pred_labels, case.labels, [x for x in labels if x in case.labelled])
+    stated = [x for x in labels if x in case.labelled]
+    scores = overlap_per_structure(pred_labels, case.labels, stated)
+    result.case_miou_loss.append(miou_loss_by_cause(pred_labels, case.labels, stated))
     result.case_names.append(case.name)
     result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
     result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
@@ -200,6 +205,8 @@ def summarise(results: list[ModelResult], ontology: Ontology) -> dict[str, Any]:
             "miou": float(np.mean(r.case_miou)), "miou_sd": float(np.std(r.case_miou, ddof=1)) if len(r.case_miou) > 1 else 0.0,
             "kind_miou": float(np.mean(r.case_kind_miou)) if r.case_kind_miou else None,
             "dice": float(np.mean(r.case_dice)), "dice_sd": float(np.std(r.case_dice, ddof=1)) if len(r.case_dice) > 1 else 0.0,
+            "miou_loss": {cause: float(np.mean([c[cause] for c in r.case_miou_loss])) for cause in LOSS_CAUSES}
+            if r.case_miou_loss else None,
             "per_structure": per_structure, "findings": findings,
             "seconds_per_case": float(np.mean(r.seconds_per_case)) if r.seconds_per_case else None,
             "per_case": {"names": r.case_names, "miou": r.case_miou, "dice": r.case_dice,

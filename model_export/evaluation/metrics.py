@@ -21,19 +21,30 @@ DEFINITIONS = {
     "miou": "mean over cases of case_miou, with the SD over cases",
     "kind_miou": "as miou, over three classes (sacrum, any vertebra, any disc) with the level ignored: how well "
                  "the model outlines structures, apart from naming their level",
+    "miou_loss": "1 - case_miou split over its structures by cause, then averaged over cases: 'outline' where "
+                 "most of the structure's true voxels carry its own label (1 - IoU), 'misnamed' where most carry "
+                 "another structure's label (a level named wrong), 'missed' where most are background, 'extra' "
+                 "for a structure predicted but absent from the truth (IoU 0)",
     "findings": "one decision per (case, level, finding) stated by the truth; recall = TP/(TP+FN), "
                 "precision = TP/(TP+FP), FPR = FP/(FP+TN)",
 }
 
 
+def _joint_histogram(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> np.ndarray:
+    """(n, n) voxel counts of (truth label, predicted label) pairs, n above every label seen."""
+    n = int(max(labels + [int(pred.max(initial=0)), int(truth.max(initial=0))])) + 1
+    return np.bincount(truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel(),
+                       minlength=n * n).reshape(n, n)
+
+
 def overlap_per_structure(pred: np.ndarray, truth: np.ndarray, labels: list[int]
                           ) -> dict[int, tuple[float, float]]:
     """label -> (Dice, IoU) for labels present in prediction or truth."""
+    return _overlap(_joint_histogram(pred, truth, labels), labels)
+
+
+def _overlap(joint: np.ndarray, labels: list[int]) -> dict[int, tuple[float, float]]:
     out: dict[int, tuple[float, float]] = {}
-    # one pass: joint histogram of (truth, pred) pairs
-    n = int(max(labels + [int(pred.max(initial=0)), int(truth.max(initial=0))])) + 1
-    joint = np.bincount(truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel(),
-                        minlength=n * n).reshape(n, n)
     for label in labels:
         inter = float(joint[label, label])
         t = float(joint[label].sum())
@@ -42,6 +53,24 @@ def overlap_per_structure(pred: np.ndarray, truth: np.ndarray, labels: list[int]
             continue
         out[label] = (2 * inter / (t + p), inter / (t + p - inter))
     return out
+
+
+LOSS_CAUSES = ("outline", "misnamed", "missed", "extra")
+
+
+def miou_loss_by_cause(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[str, float]:
+    """How one case's 1 - mIoU splits by cause, per DEFINITIONS["miou_loss"]; the parts sum to 1 - case mIoU."""
+    joint = _joint_histogram(pred, truth, labels)
+    scores = _overlap(joint, labels)
+    loss = dict.fromkeys(LOSS_CAUSES, 0.0)
+    for label, (_, iou) in scores.items():
+        if joint[label].sum() == 0:
+            cause = "extra"
+        else:
+            most = int(np.argmax(joint[label]))  # what most of the true voxels were called
+            cause = "outline" if most == label else "missed" if most == 0 else "misnamed"
+        loss[cause] += (1.0 - iou) / len(scores)
+    return loss
 
 
 @dataclass

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model_export.evaluation.metrics import LOSS_CAUSES
+
 
 def _f(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
@@ -21,6 +23,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {m['name']} | {m['kind']} | {m['cases']} | {_f(m['miou'])} ({_f(m['miou_sd'])}) | "
                      f"{_f(m['dice'])} ({_f(m['dice_sd'])}) | {_f(m.get('kind_miou'))} | "
                      f"{_f(m['seconds_per_case'], 2)} |")
+    lines += ["", "## Where the mIoU is lost (see miou_loss above; the parts sum to 1 - mIoU)", "",
+              "| model | " + " | ".join(LOSS_CAUSES) + " |", "|---|" + "---|" * len(LOSS_CAUSES)]
+    for m in models:
+        loss = m.get("miou_loss") or {}
+        lines.append(f"| {m['name']} | " + " | ".join(_f(loss.get(c)) for c in LOSS_CAUSES) + " |")
     lines += ["", "## Per structure (Dice / IoU, mean over cases where defined)", "",
               "| structure | " + " | ".join(m["name"] for m in models) + " |",
               "|---|" + "---|" * len(models)]

@@ -11,6 +11,7 @@ from model_export.evaluation.metrics import (
     best_f1_threshold,
     kind_map,
     kind_of_label,
+    miou_loss_by_cause,
     overlap_per_structure,
 )
 from model_export.evaluation.report import markdown
@@ -61,6 +62,21 @@ def test_best_threshold_separates_cleanly_separable_scores():
     assert best_f1_threshold(probs, np.zeros(6, dtype=bool)) == 0.5
 
 
+def test_miou_loss_splits_into_outline_misnamed_missed_and_extra_and_sums_to_one_minus_miou():
+    truth = np.zeros((1, 10, 10), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0, 0:4, 0:4] = 1
+    pred[0, 0:4, 0:3] = 1  # three quarters of structure 1 under its own label: outline, IoU 0.75
+    truth[0, 5:7, 0:4] = 2
+    pred[0, 5:7, 0:4] = 3  # structure 2 called 3: misnamed; 3 is absent from the truth: extra
+    truth[0, 8:10, 8:10] = 4  # never predicted: missed
+    stated = [1, 2, 3, 4]
+    loss = miou_loss_by_cause(pred, truth, stated)
+    assert loss == pytest.approx({"outline": 0.25 / 4, "misnamed": 1 / 4, "missed": 1 / 4, "extra": 1 / 4})
+    case_miou = np.mean([iou for _, iou in overlap_per_structure(pred, truth, stated).values()])
+    assert sum(loss.values()) == pytest.approx(1 - case_miou)
+
+
 def test_summary_has_mean_and_sd_over_cases_and_a_table_per_structure():
     a = ModelResult("ours", "text_guided", ["c1", "c2"], [0.8, 0.6], [0.9, 0.7], {1: [(0.9, 0.8), (0.7, 0.6)]})
     b = ModelResult("base", "unet", ["c1", "c2"], [0.7, 0.5], [0.8, 0.6], {1: [(0.8, 0.7), (0.6, 0.5)]})
@@ -71,6 +87,7 @@ def test_summary_has_mean_and_sd_over_cases_and_a_table_per_structure():
     assert summary["comparisons"][0]["miou"]["mean_difference"] == pytest.approx(0.1)
     text = markdown(summary)
     assert "| Sacrum |" in text and "Wilcoxon" in text and "per case" in text
+    assert "Where the mIoU is lost" in text and ours["miou_loss"] is None  # no per-case split recorded
 
 
 def test_kind_map_ignores_the_level_so_a_vertebra_named_one_level_off_still_counts_as_vertebra():
