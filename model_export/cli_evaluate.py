@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if len(names) != len(args.models):
         raise ConfigError("--names needs one name per model")
     cases = load_cases(args.data, DEFAULT_ONTOLOGY, limit=args.max_cases)
-    results = [result for p, n in zip(args.models, names, strict=True)
-               for result in evaluate_predictor(load_predictor(p, n), cases, DEFAULT_ONTOLOGY, args.postprocess)]
-    paths = write_reports(summarise(results, DEFAULT_ONTOLOGY), args.out)
+    per_model = [evaluate_predictor(load_predictor(p, n), cases, DEFAULT_ONTOLOGY, args.postprocess)
+                 for p, n in zip(args.models, names, strict=True)]
+    results = [result for group in per_model for result in group]
+    paths = write_reports(summarise(results, DEFAULT_ONTOLOGY), args.out, worst_of=per_model[0])
     print(paths["markdown"].read_text())
     return 0

@@ -31,6 +31,7 @@ from service.errors import ConfigError
 from service.ontology import Ontology
 
 log = logging.getLogger(__name__)
+WORST_CASES_SHOWN = 3
 
 
 @dataclass
@@ -58,6 +59,29 @@ class ModelResult:
     case_kind_miou: list[float] = field(default_factory=list)
     case_miou_loss: list[dict[str, float]] = field(default_factory=list)
     postprocessed: bool = False
+    worst_cases: list[CaseView] = field(default_factory=list)
+    """The WORST_CASES_SHOWN cases with the lowest mIoU so far, lowest first, for the picture."""
+
+    def remember_if_worst(self, view: CaseView) -> None:
+        self.worst_cases = sorted([*self.worst_cases, view], key=lambda v: v.miou)[:WORST_CASES_SHOWN]
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """One sagittal slice of a case, the one where prediction and truth disagree on the most voxels."""
+
+    name: str
+    miou: float
+    slice_index: int
+    image: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+
+    @classmethod
+    def of(cls, case: Case, prediction: np.ndarray, miou: float) -> CaseView:
+        wrong = (prediction != case.labels).sum(axis=(1, 2))
+        i = int(np.argmax(wrong))
+        return cls(case.name, miou, i, case.reference[i], case.labels[i], prediction[i])
 
 
 def load_predictor(path: Path, name: str | None = None) -> Predictor:
@@ -156,6 +180,7 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
     result.case_miou_loss.append(miou_loss_by_cause(pred_labels, case.labels, stated))
     result.case_names.append(case.name)
     result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
+    result.remember_if_worst(CaseView.of(case, pred_labels, result.case_miou[-1]))
     result.case_dice.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
     kind_scores = overlap_per_structure(kind_map(pred_labels, kinds), kind_map(case.labels, kinds),
                                         sorted({kinds[x] for x in labels if x in case.labelled}))

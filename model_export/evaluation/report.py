@@ -83,11 +83,44 @@ def bar_plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def worst_cases_plot(results: list, path: Path) -> None:
+    """Per result (ModelResult), its lowest-mIoU cases: T2, truth and prediction on the slice where they
+    disagree most, so the reader sees what kind of error the figures stand for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(r.name, view) for r in results for view in r.worst_cases]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.4 * len(rows)), squeeze=False)
+    colours = plt.get_cmap("tab20", 20)
+    for (name, view), ax in zip(rows, axes, strict=True):
+        for a, (title, labels) in zip(ax, [("T2", None), ("truth", view.truth), (name, view.prediction)],
+                                      strict=True):
+            a.imshow(view.image, cmap="gray")
+            if labels is not None:
+                a.imshow(np.ma.masked_equal(labels, 0), cmap=colours, vmin=0, vmax=19, alpha=0.5,
+                         interpolation="nearest")
+            a.set_title(f"{title}: {view.name} slice {view.slice_index}" + (
+                f", mIoU {view.miou:.2f}" if labels is view.prediction else ""), fontsize=8)
+            a.axis("off")
+    fig.suptitle("Lowest-mIoU cases (the slice with the most wrong voxels); synthetic data", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_reports(summary: dict[str, Any], out_dir: Path, worst_of: list | None = None) -> dict[str, Path]:
+    """evaluation.json/.md/.png; with ``worst_of`` (the reference model's ModelResults, raw and delivered)
+    also worst_cases.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "evaluation.json", "markdown": out_dir / "evaluation.md", "png": out_dir / "evaluation.png"}
     paths["json"].write_text(json.dumps(summary, indent=2))
     paths["markdown"].write_text(markdown(summary))
     bar_plot(summary, paths["png"])
+    if worst_of and any(r.worst_cases for r in worst_of):
+        paths["worst_cases"] = out_dir / "worst_cases.png"
+        worst_cases_plot([r for r in worst_of if r.worst_cases], paths["worst_cases"])
     return paths

@@ -53,6 +53,9 @@ def test_export_then_evaluate_cli_compare_the_onnx_model_with_a_baseline(trained
         ("ours", "unet"), ("ours +post", "unet +post"), ("ours", "ours +post")]
     assert "Wilcoxon" in (out / "evaluation.md").read_text()
     assert (out / "evaluation.png").stat().st_size > 1000
+    assert (out / "worst_cases.png").stat().st_size > 1000
+    for m in summary["models"]:
+        assert sum(m["miou_loss"].values()) == pytest.approx(1 - m["miou"])
 
 
 def test_tune_thresholds_cli_writes_a_checkpoint_copy_with_thresholds_and_where_they_came_from(

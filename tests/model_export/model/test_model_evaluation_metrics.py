@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_export.evaluation.evaluate import ModelResult, summarise
+from model_export.data import Case
+from model_export.evaluation.evaluate import CaseView, ModelResult, summarise
 from model_export.evaluation.metrics import (
     Counts,
     best_f1_threshold,
@@ -138,3 +139,17 @@ def test_delivered_findings_are_scored_with_the_disc_combiners_and_raw_ones_with
     assert stated > 0
     assert raw.findings["disc_protrusion"].tp + raw.findings["disc_protrusion"].fp == stated
     assert post.findings["disc_protrusion"].tp + post.findings["disc_protrusion"].fp == 0
+
+
+def test_the_worst_cases_kept_are_the_lowest_miou_ones_shown_on_their_most_wrong_slice():
+    truth = np.zeros((3, 8, 8), dtype=np.uint8)
+    truth[:, 2:6, 2:6] = 1
+    prediction = truth.copy()
+    prediction[2, 2:6, 2:4] = 0  # slice 2 is the one with the most wrong voxels
+    case = Case("c", truth.astype(np.float32), None, truth, frozenset({1}))
+    view = CaseView.of(case, prediction, 0.8)
+    assert view.slice_index == 2 and (view.prediction == prediction[2]).all()
+    result = ModelResult("ours", "text_guided")
+    for name, miou in [("a", 0.9), ("b", 0.3), ("c", 0.7), ("d", 0.5), ("e", 0.95)]:
+        result.remember_if_worst(CaseView(name, miou, 0, truth[0], truth[0], truth[0]))
+    assert [v.name for v in result.worst_cases] == ["b", "d", "c"]
