@@ -106,7 +106,7 @@ def worst_cases_plot(results: list, path: Path) -> None:
                 f", mIoU {view.miou:.2f}" if labels is view.prediction else ""), fontsize=8)
             a.axis("off")
     fig.suptitle("Lowest-mIoU cases (the slice with the most wrong voxels); synthetic data", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))  # room for the title above the first row
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
