@@ -96,14 +96,13 @@ def worst_cases_plot(results: list, path: Path) -> None:
     fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.4 * len(rows)), squeeze=False)
     colours = plt.get_cmap("tab20", 20)
     for (name, view), ax in zip(rows, axes, strict=True):
-        for a, (title, labels) in zip(ax, [("T2", None), ("truth", view.truth), (name, view.prediction)],
-                                      strict=True):
+        panels = [("T2", None, ""), ("truth", view.truth, ""), (name, view.prediction, f", mIoU {view.miou:.2f}")]
+        for a, (title, labels, score) in zip(ax, panels, strict=True):
             a.imshow(view.image, cmap="gray")
             if labels is not None:
                 a.imshow(np.ma.masked_equal(labels, 0), cmap=colours, vmin=0, vmax=19, alpha=0.5,
                          interpolation="nearest")
-            a.set_title(f"{title}: {view.name} slice {view.slice_index}" + (
-                f", mIoU {view.miou:.2f}" if labels is view.prediction else ""), fontsize=8)
+            a.set_title(f"{title}: {view.name} slice {view.slice_index}{score}", fontsize=8)
             a.axis("off")
     fig.suptitle("Lowest-mIoU cases (the slice with the most wrong voxels); synthetic data", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))  # room for the title above the first row
