@@ -23,7 +23,7 @@ from model_export.evaluation.metrics import (
     Counts,
     kind_map,
     kind_of_label,
-    miou_loss_by_cause,
+    overlap_and_loss,
     overlap_per_structure,
 )
 from model_export.evaluation.stats import paired_comparison
@@ -176,8 +176,8 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
     labels = [s.label for s in ontology.structures]
     kinds = kind_of_label(ontology)
     stated = [x for x in labels if x in case.labelled]
-    scores = overlap_per_structure(pred_labels, case.labels, stated)
-    result.case_miou_loss.append(miou_loss_by_cause(pred_labels, case.labels, stated))
+    scores, loss = overlap_and_loss(pred_labels, case.labels, stated)
+    result.case_miou_loss.append(loss)
     result.case_names.append(case.name)
     result.case_miou.append(float(np.mean([iou for _, iou in scores.values()])) if scores else 0.0)
     result.remember_if_worst(CaseView.of(case, pred_labels, result.case_miou[-1]))

@@ -60,6 +60,12 @@ LOSS_CAUSES = ("outline", "misnamed", "missed", "extra")
 
 def miou_loss_by_cause(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> dict[str, float]:
     """How one case's 1 - mIoU splits by cause, per DEFINITIONS["miou_loss"]; the parts sum to 1 - case mIoU."""
+    return overlap_and_loss(pred, truth, labels)[1]
+
+
+def overlap_and_loss(pred: np.ndarray, truth: np.ndarray, labels: list[int]
+                     ) -> tuple[dict[int, tuple[float, float]], dict[str, float]]:
+    """:func:`overlap_per_structure` and :func:`miou_loss_by_cause` from one pass over the volumes."""
     joint = _joint_histogram(pred, truth, labels)
     scores = _overlap(joint, labels)
     loss = dict.fromkeys(LOSS_CAUSES, 0.0)
@@ -70,7 +76,7 @@ def miou_loss_by_cause(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -
             most = int(np.argmax(joint[label]))  # what most of the true voxels were called
             cause = "outline" if most == label else "missed" if most == 0 else "misnamed"
         loss[cause] += (1.0 - iou) / len(scores)
-    return loss
+    return scores, loss
 
 
 @dataclass
