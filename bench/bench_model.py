@@ -43,6 +43,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from model_export.configs import RunConfig
     from model_export.data import read_generated_study
     from model_export.export import export_model
     from model_export.model.network import load_checkpoint
@@ -65,23 +66,23 @@ def main() -> int:
             model_dir = tmp / "model"
             export_model(args.checkpoint, model_dir, parity_study=study)
         torch_model, ckpt = load_checkpoint(args.checkpoint)
-        size = ckpt["run"]["model"]["input_size"]
+        view = RunConfig.from_dict(ckpt["run"]).model.view()
         onnx_model = OnnxModel.load(model_dir, intra_op_threads=args.threads)
 
         ort_s = median_time(lambda: onnx_model.predict(study.t2, study.t1, study.pixel_spacing), args.repeats)
-        torch_s = median_time(lambda: predict_volume(torch_model, study.t2, study.t1, size), args.repeats)
-        one = model_input(study.t2[:1], study.t1[:1], (size, size))
+        torch_s = median_time(lambda: predict_volume(torch_model, study.t2, study.t1, view), args.repeats)
+        one = model_input(study.t2[:1], study.t1[:1], view.survey_size)
         encoder = onnx_model.graphs["image_encoder.onnx"]
         ort_slice = median_time(lambda: encoder.run(image=one), args.repeats * 3)
         with torch.no_grad():
             torch_slice = median_time(lambda: torch_model.image_encoder(torch.from_numpy(one)), args.repeats * 3)
         agreement = float(np.mean(onnx_model.predict(study.t2, study.t1, study.pixel_spacing).labels
-                                  == predict_volume(torch_model, study.t2, study.t1, size).labels))
+                                  == predict_volume(torch_model, study.t2, study.t1, view).labels))
         timings = onnx_model.predict(study.t2, study.t1, study.pixel_spacing).timings
 
     figures = {
         "study": f"T2 + T1, {study.t2.shape[0]} slices of {study.t2.shape[1]}x{study.t2.shape[2]}",
-        "threads": args.threads, "model_input": size,
+        "threads": args.threads, "model_input": view.to_card(),
         "onnxruntime_s_per_study": round(ort_s, 3), "torch_eager_s_per_study": round(torch_s, 3),
         "speedup_onnxruntime_over_torch": round(torch_s / ort_s, 2),
         "image_encoder_ms_per_slice_onnxruntime": round(ort_slice * 1000, 1),

@@ -29,16 +29,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the image encoder from a `lumbar-ai pretrain image` checkpoint")
     parser.add_argument("--init-text", type=Path, default=None,
                         help="start the text encoder from a `lumbar-ai pretrain text` checkpoint")
+    band = parser.add_mutually_exclusive_group()
+    band.add_argument("--spine-band", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
+                      help="also read each slice through a spine band box at this input size (multiples of 32)")
+    band.add_argument("--no-spine-band", action="store_true", help="the square view alone, whatever the config says")
 
 
 def run(args: argparse.Namespace) -> int:
     from model_export.configs import get_config
     from model_export.training.loop import train
+    from service.errors import ConfigError
 
     run_cfg = get_config(args.config).with_kind(args.variant)
     model_changes, train_changes = {}, {}
     if args.text_model is not None:
         model_changes["text_model"] = str(args.text_model)
+    if getattr(args, "spine_band", None) is not None:
+        height, width = args.spine_band
+        if height % 32 or width % 32 or min(height, width) <= 0:
+            raise ConfigError(f"--spine-band {height} {width}: both sides must be positive multiples of 32")
+        model_changes["band_size"] = (height, width)
+    if getattr(args, "no_spine_band", False):
+        model_changes["band_size"] = None
     if args.steps is not None:
         train_changes["steps"] = args.steps
     if args.budget_s is not None:

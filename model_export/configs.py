@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from service.infer.input_view import InputView
+
 ModelKind = Literal["text_guided", "visual_only", "unet"]
 TINY_TEXT_MODEL = "tiny-random"
 """``text_model`` value meaning: a 1-layer random BERT with MiniLM's tokenizer (tests only)."""
@@ -33,6 +35,13 @@ class ModelConfig:
     center_class_embeddings: bool = True
     """Subtract the mean structure embedding before the fusion head's controller (see model.fusion)."""
     unet_filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    band_size: tuple[int, int] | None = None
+    """(height, width) of the spine band view, or None for the square view alone (service.infer.input_view)."""
+    band_margin: float = 0.06
+    """Margin on either side of the spine band, as a fraction of the slice height."""
+
+    def view(self) -> InputView:
+        return InputView((self.input_size, self.input_size), self.band_size, self.band_margin)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class TrainConfig:
     sequence_dropout: float = 0.25
     """Probability of blanking T2, and separately of blanking T1 (never both)."""
     finding_loss_weight: float = 0.5
+    survey_fraction: float = 0.3
+    """With a spine band view: the share of steps that show the square survey view instead of the band."""
     augment: bool = True
     seed: int = 0
     log_every: int = 10
@@ -69,6 +80,8 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         model = dict(data["model"])
         model["unet_filters"] = tuple(model.get("unet_filters", ModelConfig.unet_filters))
+        if model.get("band_size") is not None:
+            model["band_size"] = tuple(model["band_size"])
         model.setdefault("center_class_embeddings", False)  # checkpoints from before centring
         return cls(name=data["name"], model=ModelConfig(**model), train=TrainConfig(**data["train"]))
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_export.configs import RunConfig
 from model_export.model.network import FusionExport, LumbarSegmenter, load_checkpoint
 from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
@@ -168,15 +169,14 @@ def _tokenizer(model: LumbarSegmenter):
     return Tokenizer.from_str(model.tokenizer_json)
 
 
-def label_map_agreement(model: LumbarSegmenter, model_dir: Path, study: Any, input_size: int
-                        ) -> dict[str, Any]:
+def label_map_agreement(model: LumbarSegmenter, model_dir: Path, study: Any) -> dict[str, Any]:
     """Share of identical voxels between OnnxModel.predict and torch predict_volume on one study."""
     onnx_model = OnnxModel.load(model_dir, intra_op_threads=2)
     started = time.perf_counter()
     got = onnx_model.predict(study.t2, study.t1, study.pixel_spacing)
     onnx_s = time.perf_counter() - started
     started = time.perf_counter()
-    expected = predict_volume(model, study.t2, study.t1, input_size)
+    expected = predict_volume(model, study.t2, study.t1, model.cfg.view())
     torch_s = time.perf_counter() - started
     agreement = float((got.labels == expected.labels).mean())
     probs = expected.finding_probs()
@@ -206,7 +206,7 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
 
     run = ckpt["run"]
     ontology = Ontology.from_dict(ckpt["ontology"])
-    size = run["model"]["input_size"]
+    view = RunConfig.from_dict(run).model.view()
     return {
         "name": name,
         "version": version,
@@ -219,11 +219,14 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                          + "; finding logits pooled per structure as log-mean-exp",
                          "embed_dim": run["model"]["embed_dim"]},
         "ontology": ontology.to_dict(),
-        "input": {"size": [size, size], "channels": ["T2", "T1"],
+        "input": {**view.to_card(), "channels": ["T2", "T1"],
                   "resize": "antialiased linear (triangle filter), half-pixel centres, per slice",
                   "intensity_normalisation": DEFAULT_NORMALISATION,
                   "grid": "T1 resampled onto the T2 grid by patient geometry (linear) before the call",
-                  "spacing": "none: every slice is resized to the input size whatever its spacing"},
+                  "spacing": "none: every slice is resized to the input size whatever its spacing",
+                  "view": ("a square survey of the whole slice places a spine band box, which the model then "
+                           "reads at spine_band.size (service.infer.input_view)" if view.has_band
+                           else "the whole slice, zero-padded to a square")},
         "text": {"max_length": run["model"]["text_max_length"],
                  "prompt_aggregation": "mean of the L2-normalised prompt embeddings of a class, re-normalised",
                  "prompts": {s.name: s.prompt_texts() for s in ontology.structures}
@@ -262,7 +265,7 @@ def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, versi
     (out_dir / "model.json").write_text(json.dumps(card, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         study = parity_study if parity_study is not None else default_parity_study(Path(tmp))
-        agreement = label_map_agreement(model, out_dir, study, size)
+        agreement = label_map_agreement(model, out_dir, study)
     if agreement["voxel_agreement"] < MIN_LABEL_AGREEMENT:
         raise ModelExportError(f"ONNX-only label map agrees with torch on {agreement['voxel_agreement']:.4%} "
                                f"of voxels, below {MIN_LABEL_AGREEMENT:.1%}")

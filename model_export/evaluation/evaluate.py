@@ -98,16 +98,17 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
                          model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners)
     if path.is_file():
+        from model_export.configs import RunConfig
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
         from service.infer.level_findings import combiners_from_card
 
         model, ckpt = load_checkpoint(path)
         ontology = Ontology.from_dict(ckpt["ontology"])
-        size = ckpt["run"]["model"]["input_size"]
+        view = RunConfig.from_dict(ckpt["run"]).model.view()
 
         def run_torch(case: Case):
-            pred = predict_volume(model, case.t2, case.t1, size)
+            pred = predict_volume(model, case.t2, case.t1, view)
             probs = pred.finding_probs()
             if probs is None:
                 return pred.labels, None, None

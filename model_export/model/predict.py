@@ -16,7 +16,8 @@ from torch import nn
 
 from model_export.model.network import FusionExport, LumbarSegmenter
 from service.infer.finding_maps import FindingMaps
-from service.infer.model import model_input, pool_findings, sigmoid, square_side
+from service.infer.input_view import InputView, SliceBox, paste_from_box, survey_slices
+from service.infer.model import model_input, pool_findings, reference_volume, sigmoid
 
 
 @dataclass
@@ -32,30 +33,39 @@ class TorchPrediction:
 
 
 @torch.no_grad()
-def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | None, input_size: int,
+def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | None, view: InputView | int,
                    slice_batch: int = 8) -> TorchPrediction:
+    """``view``: the model's :class:`InputView`, or an int for a square-only model of that input size."""
     model.eval()
-    x = torch.from_numpy(model_input(t2, t1, (input_size, input_size)))
-    reference = t2 if t2 is not None else t1
-    n, rows, cols = reference.shape
-    labels = np.empty((n, rows, cols), dtype=np.uint8)
-    side = square_side(rows, cols)  # predictions live on the padded square grid, then are cropped
+    if isinstance(view, int):
+        view = InputView((view, view))
+    box = SliceBox.square(*reference_volume(t2, t1).shape[1:])
+    if view.band_size is None:
+        return _predict_in_box(model, t2, t1, view.survey_size, box, slice_batch)
+    survey = _predict_in_box(model, survey_slices(t2), survey_slices(t1), view.survey_size, box, slice_batch)
+    return _predict_in_box(model, t2, t1, view.band_size, view.band_box(survey.labels), slice_batch)
+
+
+def _predict_in_box(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int],
+                    box: SliceBox, slice_batch: int) -> TorchPrediction:
+    x = torch.from_numpy(model_input(t2, t1, size, box=box))
+    labels = np.zeros(reference_volume(t2, t1).shape, dtype=np.uint8)
     if not isinstance(model, LumbarSegmenter):
-        for start in range(0, n, slice_batch):
+        for start in range(0, len(x), slice_batch):
             logits = model(x[start:start + slice_batch])["logits"]
-            up = F.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
-            labels[start:start + slice_batch] = up.argmax(1).to(torch.uint8).numpy()[:, :rows, :cols]
+            up = F.interpolate(logits, size=(box.rows, box.cols), mode="bilinear", align_corners=False)
+            paste_from_box(labels[start:start + slice_batch], up.argmax(1).to(torch.uint8).numpy(), box)
         return TorchPrediction(labels, None)
     structures, findings = model.class_embeddings()
     fusion = FusionExport(model.fusion).eval()
-    grid = torch.zeros(1, 1, side, side)
+    grid = torch.zeros(1, 1, box.rows, box.cols)
     class_mass, finding_mass, maps = [], [], []
-    for start in range(0, n, slice_batch):
+    for start in range(0, len(x), slice_batch):
         features, pooled = model.image_encoder(x[start:start + slice_batch])
         lab, cm, fm, _, pixel_logits = fusion(features, pooled, structures, findings, grid)
-        labels[start:start + slice_batch] = lab.numpy()[:, :rows, :cols]
+        paste_from_box(labels[start:start + slice_batch], lab.numpy(), box)
         class_mass.append(cm.numpy())
         finding_mass.append(fm.numpy())
         maps.append(pixel_logits.numpy())
     logits = pool_findings(np.concatenate(class_mass), np.concatenate(finding_mass))
-    return TorchPrediction(labels, logits, FindingMaps(np.concatenate(maps), side))
+    return TorchPrediction(labels, logits, FindingMaps(np.concatenate(maps), box))

@@ -88,8 +88,13 @@ def sample_window(case: PreparedCase, size: int, rng: np.random.Generator) -> sl
 
 
 def training_step(model: torch.nn.Module, batch: PreparedCase, window: slice, augment: StepAugment,
-                  seg_loss: PartialDiceCELoss, run: RunConfig) -> dict[str, torch.Tensor]:
-    image, target = augment(batch.image[window], batch.target[window], batch.has_t2, batch.has_t1)
+                  seg_loss: PartialDiceCELoss, run: RunConfig, band: bool = False) -> dict[str, torch.Tensor]:
+    """One optimiser step's losses on ``window`` of ``batch``, seen through the band view if ``band``."""
+    if band and batch.band_image is not None and batch.band_target is not None:
+        image, target = batch.band_image[window], batch.band_target[window]
+    else:
+        image, target = batch.image[window], batch.target[window]
+    image, target = augment(image, target, batch.has_t2, batch.has_t1)
     out = model(image)
     losses = {"segmentation": seg_loss(out["logits"], target, batch.labelled)}
     if "finding_pixel_logits" in out:
@@ -107,7 +112,7 @@ def validate(model: torch.nn.Module, cases: list[Case], run: RunConfig, ontology
     dices: list[float] = []
     pairs: dict[str, list[tuple[float, bool]]] = {f.key: [] for f in ontology.findings}
     for case in cases:
-        pred = predict_volume(model, case.t2, case.t1, run.model.input_size)
+        pred = predict_volume(model, case.t2, case.t1, run.model.view())
         scores = overlap_per_structure(pred.labels, case.labels, [x for x in labels if x in case.labelled])
         dices.append(float(np.mean([d for d, _ in scores.values()])) if scores else 0.0)
         probs = pred.finding_probs()
@@ -158,7 +163,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     if not train_found:
         raise ConfigError(f"no training cases in {data_dir}")
     # one case at a time: only the model-size arrays stay in memory, not every study at full resolution
-    prepared = [prepare_case(load(), run.model.input_size, ontology) for _, load in train_found]
+    prepared = [prepare_case(load(), run.model.view(), ontology) for _, load in train_found]
     val_cases = [load() for _, load in val_found]
     model = build_model(run, ontology, work_dir=out_dir)
     initialised_from = model_init(model) if model_init is not None else None
@@ -186,8 +191,9 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = prepared[int(rng.integers(len(prepared)))]
-        losses = training_step(model, batch, sample_window(batch, run.train.slices_per_step, rng), augment,
-                               seg_loss, run)
+        window = sample_window(batch, run.train.slices_per_step, rng)
+        band = run.model.band_size is not None and rng.random() >= run.train.survey_fraction
+        losses = training_step(model, batch, window, augment, seg_loss, run, band)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

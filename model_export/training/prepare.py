@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from model_export.data import Case
+from service.infer.input_view import InputView, crop_to_box
 from service.infer.model import model_input, pad_to_square
 from service.ontology import Ontology
 
@@ -27,6 +28,9 @@ class PreparedCase:
     """(K, F) bool: the source states this finding at this structure."""
     has_t2: bool
     has_t1: bool
+    band_image: torch.Tensor | None = None
+    """(n, 2, H, W): the spine band view around the true labels, for a model that has one."""
+    band_target: torch.Tensor | None = None
 
 
 def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -36,9 +40,22 @@ def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return labels[:, rows][:, :, cols]
 
 
-def prepare_case(case: Case, size: int, ontology: Ontology) -> PreparedCase:
-    image = model_input(case.t2, case.t1, (size, size))
-    target = resize_labels_nearest(pad_to_square(case.labels), (size, size))
+def prepare_case(case: Case, view: InputView | int, ontology: Ontology) -> PreparedCase:
+    """``view``: the model's input view (an int: a square-only view of that size).
+
+    The band box comes from the true labels here; at inference it comes from the survey's labels, and the
+    augmentation's random scale and shift stand in for the difference.
+    """
+    if isinstance(view, int):
+        view = InputView((view, view))
+    image = model_input(case.t2, case.t1, view.survey_size)
+    target = resize_labels_nearest(pad_to_square(case.labels), view.survey_size)
+    band_image = band_target = None
+    if view.band_size is not None:
+        box = view.band_box(case.labels)
+        band_image = torch.from_numpy(model_input(case.t2, case.t1, view.band_size, box=box))
+        band_target = torch.from_numpy(
+            resize_labels_nearest(crop_to_box(case.labels, box), view.band_size).astype(np.int64))
     k, f = len(ontology.structures), len(ontology.findings)
     labelled = torch.zeros(k + 1, dtype=torch.bool)
     labelled[0] = True
@@ -53,4 +70,4 @@ def prepare_case(case: Case, size: int, ontology: Ontology) -> PreparedCase:
                 targets[label - 1, keys.index(key)] = float(present)
                 known[label - 1, keys.index(key)] = True
     return PreparedCase(case.name, torch.from_numpy(image), torch.from_numpy(target.astype(np.int64)),
-                        labelled, targets, known, case.t2 is not None, case.t1 is not None)
+                        labelled, targets, known, case.t2 is not None, case.t1 is not None, band_image, band_target)

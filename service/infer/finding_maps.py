@@ -16,28 +16,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.infer.input_view import SliceBox
+
 FINDING_LOGIT_CLAMP = 12.0
 """Logits are clamped before exp so it cannot overflow; the fusion head's finding_sums imports this one."""
 
 
 @dataclass
 class FindingMaps:
-    """Per-slice finding logits on the model's feature grid, which covers the zero-padded square slice."""
+    """Per-slice finding logits on the model's feature grid, which covers a box of the slice."""
 
     logits: np.ndarray
     """(n_slices, F, h, w) float32, findings in ontology order."""
-    side: int
-    """Side of the padded square acquisition grid that the (h, w) feature grid spans."""
+    box: SliceBox
+    """The box of the acquisition grid that the (h, w) feature grid spans (see ``input_view``)."""
 
     def labels_on_feature_grid(self, labels: np.ndarray) -> np.ndarray:
-        """(n, rows, cols) acquisition-grid labels sampled at the feature pixels' centres (padding is 0)."""
+        """(n, rows, cols) acquisition-grid labels sampled at the feature pixels' centres (outside is 0)."""
         n, h, w = self.logits.shape[0], self.logits.shape[2], self.logits.shape[3]
         if labels.shape[0] != n:
             raise ValueError(f"label map has {labels.shape[0]} slices, finding maps {n}")
-        rows = ((np.arange(h) + 0.5) * self.side / h).astype(int)
-        cols = ((np.arange(w) + 0.5) * self.side / w).astype(int)
+        box = self.box
+        rows = box.row0 + np.floor((np.arange(h) + 0.5) * box.rows / h).astype(int)
+        cols = box.col0 + np.floor((np.arange(w) + 0.5) * box.cols / w).astype(int)
         out = np.zeros((n, h, w), dtype=labels.dtype)
-        r_in, c_in = rows < labels.shape[1], cols < labels.shape[2]
+        r_in = (rows >= 0) & (rows < labels.shape[1])
+        c_in = (cols >= 0) & (cols < labels.shape[2])
         out[:, np.flatnonzero(r_in)[:, None], np.flatnonzero(c_in)[None, :]] = \
             labels[:, rows[r_in][:, None], cols[c_in][None, :]]
         return out

@@ -25,6 +25,7 @@ import numpy as np
 
 from service.errors import InferenceError, ModelDirectoryError
 from service.infer.finding_maps import FindingMaps
+from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_from_box, survey_slices
 from service.infer.level_findings import combiners_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
@@ -75,25 +76,29 @@ def square_side(rows: int, cols: int) -> int:
 
 def pad_to_square(volume: np.ndarray) -> np.ndarray:
     """Zero-pad (n, rows, cols) at the bottom and right to a square, so resizing keeps the aspect ratio."""
-    side = square_side(volume.shape[1], volume.shape[2])
-    if volume.shape[1] == volume.shape[2]:
-        return volume
-    return np.pad(volume, ((0, 0), (0, side - volume.shape[1]), (0, side - volume.shape[2])))
+    return crop_to_box(volume, SliceBox.square(volume.shape[1], volume.shape[2]))
 
 
-def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int],
-                normalisation: dict[str, Any] | None = None) -> np.ndarray:
-    """(n, 2, S, S) float32 in channel order [T2, T1]; a missing sequence is a channel of zeros.
-
-    Each series is normalised, zero-padded to a square and resized, so a non-square field of view is not
-    distorted; predictions come back on the padded square grid and are cropped to (rows, cols).
-    """
-    norm = normalisation or DEFAULT_NORMALISATION
+def reference_volume(t2: np.ndarray | None, t1: np.ndarray | None) -> np.ndarray:
+    """The volume whose grid the prediction lives on: T2, or T1 when T2 is missing."""
     reference = t2 if t2 is not None else t1
     if reference is None:
         raise InferenceError("neither a T2 nor a T1 volume was given")
     if reference.ndim != 3:
         raise InferenceError(f"expected a (slices, rows, cols) volume, got shape {reference.shape}")
+    return reference
+
+
+def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int],
+                normalisation: dict[str, Any] | None = None, box: SliceBox | None = None) -> np.ndarray:
+    """(n, 2, H, W) float32 in channel order [T2, T1]; a missing sequence is a channel of zeros.
+
+    Each series is normalised over the whole volume, cut to ``box`` (default: zero-padded to a square)
+    and resized, so a box of the input's aspect ratio is not distorted; predictions come back on the
+    box's grid and are pasted into the slice.
+    """
+    norm = normalisation or DEFAULT_NORMALISATION
+    reference = reference_volume(t2, t1)
     channels = []
     for volume in (t2, t1):
         if volume is None:
@@ -102,7 +107,8 @@ def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, i
         if volume.shape != reference.shape:
             raise InferenceError(f"T2 and T1 must share one grid, got {t2.shape} and {t1.shape}")
         scaled = normalise_intensity(volume, norm["percentile"], tuple(norm["clip"]))
-        channels.append(resize_slices(pad_to_square(scaled), size))
+        view_box = box or SliceBox.square(scaled.shape[1], scaled.shape[2])
+        channels.append(resize_slices(crop_to_box(scaled, view_box), size))
     return np.stack(channels, axis=1).astype(np.float32)
 
 
@@ -134,6 +140,16 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class ViewOutputs:
+    """One pass of the graphs over a study: labels on the slice grid and the fusion head's sums."""
+
+    labels: np.ndarray
+    class_mass: np.ndarray
+    finding_mass: np.ndarray
+    maps: np.ndarray | None
+
+
 class OnnxModel:
     """A model directory loaded into ONNX Runtime sessions, with the prompt embeddings computed once."""
 
@@ -146,7 +162,7 @@ class OnnxModel:
         self.graphs = graphs
         self.structure_embeddings = structure_embeddings
         self.finding_embeddings = finding_embeddings
-        self.input_size = tuple(int(v) for v in card["input"]["size"])
+        self.view = InputView.from_card(card["input"])
         self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
         self.finding_combiners = combiners_from_card(card)
@@ -166,7 +182,7 @@ class OnnxModel:
         try:
             card = json.loads(card_path.read_text())
             Ontology.from_dict(card["ontology"])
-            card["input"]["size"]
+            InputView.from_card(card["input"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
         graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
@@ -179,21 +195,37 @@ class OnnxModel:
         """Label map on the grid of the inputs and per-level finding probabilities.
 
         ``pixel_spacing`` is accepted for the contract; this model resizes every slice to a fixed size,
-        so the spacing does not change the computation.
+        so the spacing does not change the computation. A model with a spine band view runs twice (see
+        ``service.infer.input_view``): the survey's labels only place the band.
         """
         del pixel_spacing
         timings: dict[str, float] = {}
+        box = SliceBox.square(*reference_volume(t2, t1).shape[1:])
+        if self.view.band_size is not None:
+            survey = self._run_view(survey_slices(t2), survey_slices(t1), self.view.survey_size, box, slice_batch,
+                                    timings, "survey_")
+            box = self.view.band_box(survey.labels)
+            final = self._run_view(t2, t1, self.view.band_size, box, slice_batch, timings, "")
+        else:
+            final = self._run_view(t2, t1, self.view.survey_size, box, slice_batch, timings, "")
         t0 = time.perf_counter()
-        x = model_input(t2, t1, self.input_size, self.normalisation)
-        reference = t2 if t2 is not None else t1
-        n, rows, cols = reference.shape
-        side = square_side(rows, cols)
-        grid = np.zeros((1, 1, side, side), dtype=np.float32)
-        timings["preprocess"] = time.perf_counter() - t0
-        labels = np.empty((n, rows, cols), dtype=np.uint8)
+        finding_probs = self._finding_probs(final.labels, final.class_mass, final.finding_mass)
+        timings["findings"] = time.perf_counter() - t0
+        finding_maps = FindingMaps(final.maps, box) if final.maps is not None else None
+        return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
+                          timings=timings)
+
+    def _run_view(self, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int], box: SliceBox,
+                  slice_batch: int, timings: dict[str, float], prefix: str) -> ViewOutputs:
+        """The three graphs over every slice seen through ``box`` at ``size``; labels on the slice grid."""
+        t0 = time.perf_counter()
+        x = model_input(t2, t1, size, self.normalisation, box)
+        labels = np.zeros(reference_volume(t2, t1).shape, dtype=np.uint8)
+        grid = np.zeros((1, 1, box.rows, box.cols), dtype=np.float32)
+        timings[prefix + "preprocess"] = time.perf_counter() - t0
         class_mass, finding_mass, maps = [], [], []
-        timings["image_encoder"] = timings["fusion_head"] = 0.0
-        for start in range(0, n, max(1, slice_batch)):
+        encoder_s = fusion_s = 0.0
+        for start in range(0, len(x), max(1, slice_batch)):
             batch = x[start:start + slice_batch]
             t0 = time.perf_counter()
             enc = self.graphs["image_encoder.onnx"].run(image=batch)
@@ -202,18 +234,17 @@ class OnnxModel:
                 features=enc["features"], pooled=enc["pooled"],
                 structure_embeddings=self.structure_embeddings,
                 finding_embeddings=self.finding_embeddings, output_grid=grid)
-            timings["image_encoder"] += t1_ - t0
-            timings["fusion_head"] += time.perf_counter() - t1_
-            labels[start:start + len(batch)] = out["labels"][:, :rows, :cols]
+            encoder_s += t1_ - t0
+            fusion_s += time.perf_counter() - t1_
+            paste_from_box(labels[start:start + len(batch)], out["labels"], box)
             class_mass.append(out["class_mass"])
             finding_mass.append(out["finding_mass"])
             if "finding_logits" in out:  # absent from graphs exported before it was added
                 maps.append(out["finding_logits"])
-        t0 = time.perf_counter()
-        finding_probs = self._finding_probs(labels, np.concatenate(class_mass), np.concatenate(finding_mass))
-        timings["findings"] = time.perf_counter() - t0
-        finding_maps = FindingMaps(np.concatenate(maps), side) if maps else None
-        return Prediction(labels=labels, finding_probs=finding_probs, finding_maps=finding_maps, timings=timings)
+        timings[prefix + "image_encoder"] = encoder_s
+        timings[prefix + "fusion_head"] = fusion_s
+        return ViewOutputs(labels, np.concatenate(class_mass), np.concatenate(finding_mass),
+                           np.concatenate(maps) if maps else None)
 
     def _finding_probs(self, labels: np.ndarray, class_mass: np.ndarray, finding_mass: np.ndarray
                        ) -> dict[int, dict[str, float]]:

@@ -88,6 +88,13 @@ def test_train_cli_names_a_missing_data_folder(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+def test_train_cli_refuses_a_spine_band_size_the_encoder_cannot_tile(generated_set, tmp_path, capsys):
+    assert main(["train", "--data", str(generated_set), "--config", "tiny", "--spine-band", "100", "64",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_build_demo_model_builds_once_then_reuses_the_cache(tmp_path):
     models = tmp_path / "models"
     args = ["build-demo-model", "--models-dir", str(models), "--config", "tiny", "--studies", "3", "--budget-s", "60"]

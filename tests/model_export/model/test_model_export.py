@@ -45,7 +45,7 @@ def test_onnx_only_prediction_matches_torch_on_a_generated_study(tiny_model_dir,
     model = OnnxModel.load(tiny_model_dir, intra_op_threads=1)
     got = model.predict(case.t2, case.t1, case.pixel_spacing, slice_batch=4)
     torch_model, ckpt = load_checkpoint(tiny_checkpoint)
-    expected = predict_volume(torch_model, case.t2, case.t1, ckpt["run"]["model"]["input_size"])
+    expected = predict_volume(torch_model, case.t2, case.t1, torch_model.cfg.view())
     assert got.labels.shape == case.t2.shape and got.labels.dtype == np.uint8
     assert (got.labels == expected.labels).mean() >= 0.999
     assert {"preprocess", "image_encoder", "fusion_head"} <= set(got.timings)
@@ -149,3 +149,34 @@ def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_the
     card["finding_combiners"] = {"disc_protrusion": combiner}
     (model_dir / "model.json").write_text(json.dumps(card))
     assert OnnxModel.load(model_dir).finding_combiners["disc_protrusion"].threshold == 0.6
+
+
+def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_slice(
+        tiny_cases, tiny_generated_study, tmp_path, monkeypatch):
+    import dataclasses
+
+    from model_export.configs import get_config
+    from model_export.export import export_model
+    from model_export.training.loop import train
+    from service.infer.input_view import InputView, SliceBox
+
+    run = get_config("tiny")
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64)))
+    checkpoint = train(tiny_cases, run, tmp_path / "run", progress=False)
+    case = read_generated_study(tiny_generated_study)
+    export_model(checkpoint, tmp_path / "model", parity_study=case)
+    model = OnnxModel.load(tmp_path / "model", intra_op_threads=1)
+    assert model.view.band_size == (96, 64)
+    _, rows, cols = case.t2.shape
+    box = SliceBox(-rows // 8, cols // 3, rows + rows // 4, (rows + rows // 4) * 2 // 3)
+    monkeypatch.setattr(InputView, "band_box", lambda self, labels: box)  # a box past the bottom and right
+    got = model.predict(case.t2, case.t1, case.pixel_spacing, slice_batch=4)
+    torch_model, _ = load_checkpoint(checkpoint)
+    expected = predict_volume(torch_model, case.t2, case.t1, torch_model.cfg.view())
+    assert (got.labels == expected.labels).mean() >= 0.999
+    # the per-pixel finding logits are read through the box: same pixels, same numbers in both runtimes
+    assert got.finding_maps is not None and expected.finding_maps is not None
+    assert got.finding_maps.box == expected.finding_maps.box == box
+    assert got.finding_maps.logits.shape[-2:] == expected.finding_maps.logits.shape[-2:] == (96, 64)
+    np.testing.assert_allclose(got.finding_maps.logits, expected.finding_maps.logits, atol=2e-3)
+    assert {"survey_image_encoder", "image_encoder"} <= set(got.timings)

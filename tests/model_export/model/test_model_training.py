@@ -81,3 +81,30 @@ def test_learning_rate_without_a_budget_follows_the_steps():
     assert lr_at(0, run) == pytest.approx(run.train.lr / 100)
     assert lr_at(600, run, budget_used_s=1e9) == pytest.approx(run.train.lr / 2, rel=1e-3)
     assert lr_at(1100, run) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_band_view_case_shows_the_spine_larger_than_the_square_survey(tiny_cases):
+    from service.infer.input_view import InputView
+
+    case = load_cases(tiny_cases)[0]
+    batch = prepare_case(case, InputView((64, 64), (96, 64), 0.06), DEFAULT_ONTOLOGY)
+    assert batch.band_image is not None and batch.band_target is not None
+    assert batch.band_image.shape == (case.labels.shape[0], 2, 96, 64)
+    assert batch.band_target.shape == (case.labels.shape[0], 96, 64)
+    survey_share = float((batch.target > 0).float().mean())
+    band_share = float((batch.band_target > 0).float().mean())
+    assert band_share > 1.3 * survey_share, (survey_share, band_share)
+    assert set(batch.band_target.unique().tolist()) == set(batch.target.unique().tolist())
+
+
+def test_a_training_step_on_the_band_view_gives_finite_losses(tiny_cases, tmp_path):
+    from model_export.training.augment import StepAugment
+    from model_export.training.loop import training_step
+
+    run = get_config("tiny")
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64)))
+    batch = prepare_case(load_cases(tiny_cases)[0], run.model.view(), DEFAULT_ONTOLOGY)
+    model = build_model(run, DEFAULT_ONTOLOGY, work_dir=tmp_path)
+    losses = training_step(model, batch, slice(0, 4), StepAugment(0, 0.25), PartialDiceCELoss(), run, band=True)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()

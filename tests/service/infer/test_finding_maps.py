@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from service.infer.finding_maps import FindingMaps
+from service.infer.input_view import SliceBox
 from service.infer.postprocess import postprocess
 from service.ontology import DEFAULT_ONTOLOGY as ONT
 from tests.service.encode.label_factory import CANONICAL
@@ -21,7 +22,7 @@ def test_pool_is_the_log_mean_exp_of_the_logits_inside_each_label():
     logits = np.zeros((1, 2, 4, 4), np.float32)
     logits[0, 0, 0, :] = np.log(3.0)  # half of label 3 at exp = 3, the other half at exp = 1
     logits[0, 1] = -2.0
-    pooled = FindingMaps(logits, side=4).pool(labels)
+    pooled = FindingMaps(logits, SliceBox.square(4, 4)).pool(labels)
     assert set(pooled) == {3}
     assert pooled[3][0] == pytest.approx(np.log(2.0))
     assert pooled[3][1] == pytest.approx(-2.0)
@@ -30,19 +31,29 @@ def test_pool_is_the_log_mean_exp_of_the_logits_inside_each_label():
 def test_feature_grid_samples_pixel_centres_and_treats_padding_as_background():
     # 6 x 3 slice padded to a 6 x 6 square, seen on a 3 x 3 feature grid: centres at rows/cols 1, 3, 5
     labels = np.arange(18, dtype=np.uint8).reshape(1, 6, 3) + 1
-    maps = FindingMaps(np.zeros((1, 1, 3, 3), np.float32), side=6)
+    maps = FindingMaps(np.zeros((1, 1, 3, 3), np.float32), SliceBox.square(6, 6))
     low = maps.labels_on_feature_grid(labels)
     expected = np.array([[[5, 0, 0], [11, 0, 0], [17, 0, 0]]], np.uint8)
     np.testing.assert_array_equal(low, expected)
 
 
+def test_feature_grid_of_a_spine_band_box_samples_inside_the_box_only():
+    # a 6 x 6 slice; the band box starts one row above it and at column 2, 8 rows x 4 cols, on a 4 x 2 grid:
+    # centres at box rows 1, 3, 5, 7 (slice rows 0, 2, 4, 6) and box cols 1, 3 (slice cols 3, 5)
+    labels = np.arange(36, dtype=np.uint8).reshape(1, 6, 6) + 1
+    maps = FindingMaps(np.zeros((1, 1, 4, 2), np.float32), SliceBox(-1, 2, 8, 4))
+    low = maps.labels_on_feature_grid(labels)
+    expected = np.array([[[4, 6], [16, 18], [28, 30], [0, 0]]], np.uint8)
+    np.testing.assert_array_equal(low, expected)
+
+
 def test_pool_of_a_label_map_without_structures_is_empty():
-    maps = FindingMaps(np.ones((2, 5, 4, 4), np.float32), side=8)
+    maps = FindingMaps(np.ones((2, 5, 4, 4), np.float32), SliceBox.square(8, 8))
     assert maps.pool(np.zeros((2, 8, 8), np.uint8)) == {}
 
 
 def test_label_map_with_another_slice_count_is_refused():
-    maps = FindingMaps(np.zeros((2, 5, 4, 4), np.float32), side=8)
+    maps = FindingMaps(np.zeros((2, 5, 4, 4), np.float32), SliceBox.square(8, 8))
     with pytest.raises(ValueError, match="slices"):
         maps.labels_on_feature_grid(np.zeros((3, 8, 8), np.uint8))
 
@@ -55,7 +66,7 @@ def test_findings_follow_the_voxels_of_the_delivered_level_not_the_raw_label():
     raw = np.where(truth == l4, l3, truth).astype(np.uint8)
     logits = np.full((SLICES, len(FINDINGS), ROWS, COLS), -6.0, np.float32)
     logits[:, DEGENERATION][truth == l4] = 6.0  # feature grid = acquisition grid here (side = ROWS)
-    maps = FindingMaps(_pad(logits), side=max(ROWS, COLS))
+    maps = FindingMaps(_pad(logits), SliceBox.square(max(ROWS, COLS), max(ROWS, COLS)))
     raw_probs = {l3: {"vertebral_degeneration": 0.5}}  # pooled over both bodies: undecided
     result = postprocess(raw, raw_probs, ONT, {"vertebral_degeneration": 0.5}, grid(), maps)
 
