@@ -82,16 +82,17 @@ def spine_band_box(labels: np.ndarray, band_size: tuple[int, int], margin: float
     so a few stray survey voxels do not widen it; ``margin`` (a fraction of the slice height) is added on
     both sides. The box keeps the slice's full height unless the band is too wide for the aspect ratio, in
     which case it grows taller (centred, zero-padded). It is moved inside the slice where the slice is
-    wide enough, so that it holds as much image as it can. No labels: the square box.
+    wide enough, so that it holds as much image as it can. No labels: the box holds the whole slice.
     """
     _, rows, cols = labels.shape
     profile = (labels > 0).sum(axis=(0, 1)).astype(np.float64)
     total = profile.sum()
-    if total == 0:
-        return SliceBox.square(rows, cols)
-    cumulative = np.cumsum(profile)
-    first = int(np.searchsorted(cumulative, trim * total, side="right"))
-    last = int(np.searchsorted(cumulative, (1.0 - trim) * total, side="left"))
+    if total == 0:  # nothing to centre on: the whole slice, undistorted
+        first, last, margin = 0, cols - 1, 0.0
+    else:
+        cumulative = np.cumsum(profile)
+        first = int(np.searchsorted(cumulative, trim * total, side="right"))
+        last = int(np.searchsorted(cumulative, (1.0 - trim) * total, side="left"))
     needed = (last + 1 - first) + 2 * margin * rows
     height, width = band_size
     box_rows = max(rows, math.ceil(needed * height / width))

@@ -65,8 +65,10 @@ def test_band_box_ignores_a_few_stray_voxels():
     assert spine_band_box(labels, (224, 128), 0.06) == spine_band_box(band_labels(), (224, 128), 0.06)
 
 
-def test_band_box_without_any_label_is_the_square():
-    assert spine_band_box(np.zeros((2, 30, 40), np.uint8), (224, 128), 0.06) == SliceBox.square(30, 40)
+def test_band_box_without_any_label_holds_the_whole_slice_at_the_inputs_aspect_ratio():
+    box = spine_band_box(np.zeros((2, 40, 30), np.uint8), (224, 128), 0.06)
+    assert box.col0 <= 0 and box.col0 + box.cols >= 30 and box.row0 <= 0 and box.row0 + box.rows >= 40
+    assert abs(box.cols / box.rows - 128 / 224) < 0.02
 
 
 def test_view_round_trips_through_the_model_card():
