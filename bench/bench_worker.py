@@ -188,7 +188,7 @@ def main() -> int:
         stages = stage_times(settings, model, jobs[0], args.repeats)
         deliver = delivery_time(settings, jobs[0].study_uid, args.repeats)
         per_study = stages["total"] + (deliver or 0.0)
-        print(f"model {model.card.get('name')} {model.version} ({args.model_dir}), input {model.input_size}, "
+        print(f"model {model.card.get('name')} {model.version} ({args.model_dir}), input {model.view.to_card()}, "
               f"{args.threads} ONNX Runtime threads, study 2 x 15 x 512 x 512")
         print(f"stage                      seconds (median of {args.repeats})")
         for key, value in stages.items():
