@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 SURVEY_SLICE_STEP = 2
 """The survey reads every second slice: the band is as wide as the spine on the middle slices, and a
@@ -31,6 +32,10 @@ survey of every slice would cost as much as the band pass itself."""
 def survey_slices(volume: np.ndarray | None) -> np.ndarray | None:
     """The slices the survey pass of a band view reads."""
     return None if volume is None else volume[::SURVEY_SLICE_STEP]
+
+
+COLUMN_PIECE_FRACTION = 0.25
+"""A labelled piece belongs to the spinal column when it holds this share of the largest piece's voxels."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,14 @@ def spine_band_box(labels: np.ndarray, band_size: tuple[int, int], margin: float
                    ) -> SliceBox:
     """The box of ``band_size``'s aspect ratio around the front-to-back extent of the labelled voxels.
 
-    The extent is taken between the ``trim`` and ``1 - trim`` quantiles of the labelled voxels' columns,
-    so a few stray survey voxels do not widen it; ``margin`` (a fraction of the slice height) is added on
+    The extent is that of the :func:`spine_column`, between the ``trim`` and ``1 - trim`` quantiles of
+    its voxels' columns, so that neither stray survey labels nor a few stray voxels widen it; ``margin`` (a fraction of the slice height) is added on
     both sides. The box keeps the slice's full height unless the band is too wide for the aspect ratio, in
     which case it grows taller (centred, zero-padded). It is moved inside the slice where the slice is
     wide enough, so that it holds as much image as it can. No labels: the box holds the whole slice.
     """
     _, rows, cols = labels.shape
-    profile = (labels > 0).sum(axis=(0, 1)).astype(np.float64)
+    profile = spine_column(labels > 0).sum(axis=(0, 1)).astype(np.float64)
     total = profile.sum()
     if total == 0:  # nothing to centre on: the whole slice, undistorted
         first, last, margin = 0, cols - 1, 0.0
@@ -100,6 +105,21 @@ def spine_band_box(labels: np.ndarray, band_size: tuple[int, int], margin: float
     col0 = round((first + last + 1) / 2 - box_cols / 2)
     col0 = int(np.clip(col0, min(0, cols - box_cols), max(0, cols - box_cols)))
     return SliceBox((rows - box_rows) // 2, col0, box_rows, box_cols)
+
+
+def spine_column(mask: np.ndarray) -> np.ndarray:
+    """The connected pieces of ``mask`` holding at least a quarter of the voxels of the largest one.
+
+    Vertebrae and discs touch, so the column is one large piece (two if the model broke it); what a
+    survey labels in front of the spine (bowel, presacral tissue) is separate and smaller. Measured on
+    12 validation studies at step 1500, the quantiles of all labelled voxels put the front of the band
+    up to 100 pixels too far forward; those of the column, within about 25.
+    """
+    pieces, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(pieces.ravel())[1:]
+    return np.isin(pieces, 1 + np.flatnonzero(sizes >= COLUMN_PIECE_FRACTION * sizes.max()))
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,17 @@ def test_model_directory_with_a_malformed_band_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(card))
     with pytest.raises(ModelDirectoryError, match="malformed"):
         OnnxModel.load(tmp_path)
+
+
+def test_band_box_leaves_out_a_separate_labelled_blob_in_front_of_the_spine():
+    labels = band_labels()
+    labels[1, 120:150, 10:40] = 7  # 900 voxels of "L1" over the bowel, not touching the column
+    assert spine_band_box(labels, (224, 128), 0.06) == spine_band_box(band_labels(), (224, 128), 0.06)
+
+
+def test_band_box_spans_both_halves_of_a_column_the_model_broke():
+    labels = np.zeros((3, 200, 200), dtype=np.uint8)
+    labels[1, 10:90, 60:100] = 5
+    labels[1, 110:190, 100:140] = 6  # the lower half sits further back, not touching the upper
+    box = spine_band_box(labels, (224, 128), 0.0)
+    assert box.col0 <= 60 and box.col0 + box.cols >= 140
