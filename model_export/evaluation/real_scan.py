@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from model_export.data import read_oriented, sagittal_grid
+from service.infer.input_view import SliceBox
 from service.infer.model import OnnxModel
 from service.infer.postprocess import postprocess
 from service.ontology import Ontology
@@ -41,12 +42,16 @@ def anatomical_order(labels: np.ndarray, ontology: Ontology, min_voxels: int = 5
 
 
 def draw_overlay(image: np.ndarray, rows: list[tuple[str, np.ndarray]], model: OnnxModel,
-                 spacing: tuple[float, float], out_png: Path, title: str) -> list[int]:
-    """Three slices around the one with most foreground: the image, then one overlay per (caption, labels)."""
+                 spacing: tuple[float, float], out_png: Path, title: str, box: SliceBox | None = None) -> list[int]:
+    """Three slices around the one with most foreground: the image, then one overlay per (caption, labels).
+
+    ``box``: the spine band the model read, outlined on the image.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     first = rows[0][1]
     foreground = (first > 0).reshape(first.shape[0], -1).sum(axis=1)
@@ -66,6 +71,12 @@ def draw_overlay(image: np.ndarray, rows: list[tuple[str, np.ndarray]], model: O
             ax.set_title(f"slice {index}" + (f" + {rows[j - 1][0]}" if j else ""), fontsize=9)
             ax.axis("off")
             if j == 0:
+                if box is not None:
+                    ax.add_patch(Rectangle((box.col0 - 0.5, box.row0 - 0.5), box.cols, box.rows, fill=False,
+                                           edgecolor="yellow", linestyle="--", linewidth=0.8))
+                    ax.text(box.col0 + 2, max(box.row0, 0) + 8, "band read", color="yellow", fontsize=6)
+                    ax.set_xlim(-0.5, grey.shape[1] - 0.5)
+                    ax.set_ylim(grey.shape[0] - 0.5, -0.5)
                 continue
             labels = rows[j - 1][1]
             ax.imshow(colours[labels[index]], aspect=aspect, interpolation="nearest")
@@ -97,12 +108,14 @@ def overlay_real_scan(model_dir: Path, image_path: Path, out_png: Path) -> dict[
     out_png.parent.mkdir(parents=True, exist_ok=True)
     picks = draw_overlay(volume, [("model", prediction.labels), ("post-processed", delivered.labels)], model,
                          spacing, out_png,
-                         f"{Path(image_path).name}: {model.card['name']} {model.version} (T2 only, T1 absent)")
+                         f"{Path(image_path).name}: {model.card['name']} {model.version} (T2 only, T1 absent)",
+                         box=prediction.box if model.view.has_band else None)
     summary = {"image": str(image_path), "shape": list(volume.shape), "slices_drawn": picks,
                **anatomical_order(prediction.labels, model.ontology),
                "post_processed": anatomical_order(delivered.labels, model.ontology),
                "finding_probs": {model.ontology.by_label(k).name: v for k, v in prediction.finding_probs.items()},
-               "timings_s": prediction.timings}
+               "timings_s": prediction.timings,
+               "band_box": prediction.box.to_dict() if prediction.box and model.view.has_band else None}
     out_png.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -138,6 +138,8 @@ class Prediction:
     finding_maps: FindingMaps | None = None
     """Per-slice finding logits for pooling inside delivered structures; None from an older export."""
     timings: dict[str, float] = field(default_factory=dict)
+    box: SliceBox | None = None
+    """The box of each slice that the model read (the spine band, or the padded square)."""
 
 
 @dataclass
@@ -213,7 +215,7 @@ class OnnxModel:
         timings["findings"] = time.perf_counter() - t0
         finding_maps = FindingMaps(final.maps, box) if final.maps is not None else None
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
-                          timings=timings)
+                          timings=timings, box=box)
 
     def _run_view(self, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int], box: SliceBox,
                   slice_batch: int, timings: dict[str, float], prefix: str) -> ViewOutputs:
