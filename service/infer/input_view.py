@@ -63,20 +63,23 @@ def crop_to_box(volume: np.ndarray, box: SliceBox) -> np.ndarray:
     if box == SliceBox(0, 0, rows, cols):
         return volume
     out = np.zeros((n, box.rows, box.cols), dtype=volume.dtype)
-    r_lo, r_hi = max(box.row0, 0), min(box.row0 + box.rows, rows)
-    c_lo, c_hi = max(box.col0, 0), min(box.col0 + box.cols, cols)
-    if r_lo < r_hi and c_lo < c_hi:
-        out[:, r_lo - box.row0:r_hi - box.row0, c_lo - box.col0:c_hi - box.col0] = volume[:, r_lo:r_hi, c_lo:c_hi]
+    in_slice, in_box = _overlap(box, rows, cols)
+    out[(slice(None), *in_box)] = volume[(slice(None), *in_slice)]
     return out
 
 
 def paste_from_box(target: np.ndarray, boxed: np.ndarray, box: SliceBox) -> None:
     """Write ``boxed`` (n, box.rows, box.cols) into ``target`` (n, rows, cols) where the box overlaps it."""
-    _, rows, cols = target.shape
-    r_lo, r_hi = max(box.row0, 0), min(box.row0 + box.rows, rows)
-    c_lo, c_hi = max(box.col0, 0), min(box.col0 + box.cols, cols)
-    if r_lo < r_hi and c_lo < c_hi:
-        target[:, r_lo:r_hi, c_lo:c_hi] = boxed[:, r_lo - box.row0:r_hi - box.row0, c_lo - box.col0:c_hi - box.col0]
+    in_slice, in_box = _overlap(box, target.shape[1], target.shape[2])
+    target[(slice(None), *in_slice)] = boxed[(slice(None), *in_box)]
+
+
+def _overlap(box: SliceBox, rows: int, cols: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(rows, cols) slices of the part of the box that lies on the slice: in slice, then in box coordinates."""
+    r_lo, r_hi = max(box.row0, 0), max(min(box.row0 + box.rows, rows), max(box.row0, 0))
+    c_lo, c_hi = max(box.col0, 0), max(min(box.col0 + box.cols, cols), max(box.col0, 0))
+    return ((slice(r_lo, r_hi), slice(c_lo, c_hi)),
+            (slice(r_lo - box.row0, r_hi - box.row0), slice(c_lo - box.col0, c_hi - box.col0)))
 
 
 def spine_band_box(labels: np.ndarray, band_size: tuple[int, int], margin: float, trim: float = 0.001
@@ -84,8 +87,8 @@ def spine_band_box(labels: np.ndarray, band_size: tuple[int, int], margin: float
     """The box of ``band_size``'s aspect ratio around the front-to-back extent of the labelled voxels.
 
     The extent is that of the :func:`spine_column`, between the ``trim`` and ``1 - trim`` quantiles of
-    its voxels' columns, so that neither stray survey labels nor a few stray voxels widen it; ``margin`` (a fraction of the slice height) is added on
-    both sides. The box keeps the slice's full height unless the band is too wide for the aspect ratio, in
+    its voxels' columns, so that neither stray survey labels nor a few stray voxels widen it; ``margin``
+    (a fraction of the slice height) is added on both sides. The box keeps the slice's full height unless the band is too wide for the aspect ratio, in
     which case it grows taller (centred, zero-padded). It is moved inside the slice where the slice is
     wide enough, so that it holds as much image as it can. No labels: the box holds the whole slice.
     """

@@ -109,3 +109,11 @@ def test_band_box_spans_both_halves_of_a_column_the_model_broke():
     labels[1, 110:190, 100:140] = 6  # the lower half sits further back, not touching the upper
     box = spine_band_box(labels, (224, 128), 0.0)
     assert box.col0 <= 60 and box.col0 + box.cols >= 140
+
+
+def test_a_box_wholly_outside_the_slice_crops_to_zeros_and_pastes_nothing():
+    volume = np.ones((1, 4, 4), np.uint8)
+    box = SliceBox(10, -20, 3, 5)
+    assert crop_to_box(volume, box).shape == (1, 3, 5) and not crop_to_box(volume, box).any()
+    paste_from_box(volume, np.full((1, 3, 5), 9, np.uint8), box)
+    assert (volume == 1).all()
