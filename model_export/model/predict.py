@@ -33,12 +33,10 @@ class TorchPrediction:
 
 
 @torch.no_grad()
-def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | None, view: InputView | int,
+def predict_volume(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | None, view: InputView,
                    slice_batch: int = 8) -> TorchPrediction:
-    """``view``: the model's :class:`InputView`, or an int for a square-only model of that input size."""
+    """``view``: the model's :class:`InputView` (``ModelConfig.view()``)."""
     model.eval()
-    if isinstance(view, int):
-        view = InputView((view, view))
     box = SliceBox.square(*reference_volume(t2, t1).shape[1:])
     if view.band_size is None:
         return _predict_in_box(model, t2, t1, view.survey_size, box, slice_batch)

@@ -40,14 +40,12 @@ def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return labels[:, rows][:, :, cols]
 
 
-def prepare_case(case: Case, view: InputView | int, ontology: Ontology) -> PreparedCase:
-    """``view``: the model's input view (an int: a square-only view of that size).
+def prepare_case(case: Case, view: InputView, ontology: Ontology) -> PreparedCase:
+    """``view``: the model's input view (``ModelConfig.view()``).
 
     The band box comes from the true labels here; at inference it comes from the survey's labels, and the
     augmentation's random scale and shift stand in for the difference.
     """
-    if isinstance(view, int):
-        view = InputView((view, view))
     image = model_input(case.t2, case.t1, view.survey_size)
     target = resize_labels_nearest(pad_to_square(case.labels), view.survey_size)
     band_image = band_target = None

@@ -6,6 +6,7 @@ import numpy as np
 
 from model_export.data import discover_cases, findings_from_truth, read_volume_case, spider_to_ontology
 from model_export.training.prepare import prepare_case, resize_labels_nearest
+from service.infer.input_view import InputView
 from service.ontology import DEFAULT_ONTOLOGY
 
 
@@ -34,7 +35,7 @@ def test_volume_case_folder_reads_t2_t1_and_labels_on_one_grid(tiny_cases):
     case = read_volume_case(tiny_cases / "case0")
     assert case.t2.shape == case.t1.shape == case.labels.shape == (6, 72, 48)
     assert case.labelled == frozenset(range(1, 20))
-    prepared = prepare_case(case, 32, DEFAULT_ONTOLOGY)
+    prepared = prepare_case(case, InputView((32, 32)), DEFAULT_ONTOLOGY)
     assert prepared.image.shape == (6, 2, 32, 32) and prepared.target.shape == (6, 32, 32)
 
 

@@ -27,7 +27,7 @@ def _loss_on_fixed_batch(model, batch) -> float:
 def test_tiny_training_run_lowers_the_segmentation_loss(tiny_cases, tmp_path):
     run = get_config("tiny")
     run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=25, validation_cases=0))
-    batch = prepare_case(load_cases(tiny_cases)[0], run.model.input_size, DEFAULT_ONTOLOGY)
+    batch = prepare_case(load_cases(tiny_cases)[0], run.model.view(), DEFAULT_ONTOLOGY)
     torch.manual_seed(run.train.seed)
     before = _loss_on_fixed_batch(build_model(run, DEFAULT_ONTOLOGY, work_dir=tmp_path), batch)
     model, _ = load_checkpoint(train(tiny_cases, run, tmp_path, progress=False))
