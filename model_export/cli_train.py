@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the image encoder from a `lumbar-ai pretrain image` checkpoint")
     parser.add_argument("--init-text", type=Path, default=None,
                         help="start the text encoder from a `lumbar-ai pretrain text` checkpoint")
+    parser.add_argument("--finding-dilation", type=int, default=None, metavar="PIXELS",
+                        help="widen each structure's mask by this many model pixels before pooling its finding "
+                             "logits (training and serving; 0 = off)")
     band = parser.add_mutually_exclusive_group()
     band.add_argument("--spine-band", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
                       help="also read each slice through a spine band box at this input size (multiples of 32)")
@@ -51,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         model_changes["band_size"] = (height, width)
     if getattr(args, "no_spine_band", False):
         model_changes["band_size"] = None
+    if getattr(args, "finding_dilation", None) is not None:
+        if not 0 <= args.finding_dilation <= 16:
+            raise ConfigError(f"--finding-dilation {args.finding_dilation}: give 0 to 16 model pixels")
+        model_changes["finding_pool_dilation"] = args.finding_dilation
     if args.steps is not None:
         train_changes["steps"] = args.steps
     if args.budget_s is not None:

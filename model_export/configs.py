@@ -39,6 +39,9 @@ class ModelConfig:
     """(height, width) of the spine band view, or None for the square view alone (service.infer.input_view)."""
     band_margin: float = 0.06
     """Margin on either side of the spine band, as a fraction of the slice height."""
+    finding_pool_dilation: int = 0
+    """Feature pixels by which each structure's mask is widened before its finding logits are pooled, in
+    training (true masks) and serving (delivered masks); see service.infer.finding_maps."""
 
     def view(self) -> InputView:
         return InputView((self.input_size, self.input_size), self.band_size, self.band_margin)

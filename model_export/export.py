@@ -236,6 +236,9 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                                            "class",
                     "finding_logits": "per-pixel finding logits on the feature grid; the worker pools them "
                                       "(log-mean-exp) inside each delivered structure and reports that"},
+        "finding_pooling": {"method": "log-mean-exp of the clamped pixel logits inside each structure, its "
+                                      "mask first widened in the slice plane by dilation_px feature pixels",
+                            "dilation_px": int(run["model"].get("finding_pool_dilation", 0))},
         "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
                                for f in ontology.findings},
         "finding_combiners": dict(ckpt.get("finding_combiners", {})),

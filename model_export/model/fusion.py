@@ -21,6 +21,8 @@ together; centring makes the heads depend on it too.
 Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
 through a small MLP). Those pixel logits are pooled inside each structure over the whole volume as a
 log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
+With ``pool_dilation`` each structure's mask is first widened by that many pixels (``widen_masks``), so
+that herniated material just outside a predicted disc outline still counts for its disc.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from service.infer.finding_maps import FINDING_LOGIT_CLAMP
 
 class FusionHead(nn.Module):
     def __init__(self, feat_dim: int, embed_dim: int, pooled_dim: int, head_width: int = 8,
-                 finding_dim: int = 32, controller_width: int = 128, center_embeddings: bool = True) -> None:
+                 finding_dim: int = 32, controller_width: int = 128, center_embeddings: bool = True,
+                 pool_dilation: int = 0) -> None:
         super().__init__()
         self.center_embeddings = center_embeddings
+        self.pool_dilation = pool_dilation
         c, d = feat_dim, head_width
         self.shapes = [(d, c), (d,), (d, d), (d,), (d,), (), (c,)]  # ..., full-resolution linear map
         n_params = sum(math.prod(s) for s in self.shapes)
@@ -100,6 +104,16 @@ class FusionHead(nn.Module):
         d = self.finding_dim  # positive indices: ONNX gathers with negative ones are easy to get wrong
         scores = (query[:, :d] @ pixels.flatten(2)).reshape(pixels.shape[0], -1, *pixels.shape[-2:])
         return scores / math.sqrt(d) + query[:, d:d + 1].transpose(0, 1)[:, :, None, None]
+
+
+def widen_masks(weights: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(B, K, h, w) class masks, each widened by ``dilation`` pixels in the slice plane (a square max).
+
+    The numpy twin is service.infer.finding_maps.FindingMaps.structure_mask.
+    """
+    if dilation <= 0:
+        return weights
+    return F.max_pool2d(weights, 2 * dilation + 1, stride=1, padding=dilation)
 
 
 def finding_sums(finding_pixel_logits: torch.Tensor, class_weights: torch.Tensor

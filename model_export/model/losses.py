@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from model_export.model.fusion import finding_sums, pooled_finding_logits
+from model_export.model.fusion import finding_sums, pooled_finding_logits, widen_masks
 
 _ABSENT_LOG_PROB = -30.0
 
@@ -47,13 +47,15 @@ class PartialDiceCELoss(torch.nn.Module):
 
 
 def finding_loss(finding_pixel_logits: torch.Tensor, target_low: torch.Tensor, num_structures: int,
-                 finding_targets: torch.Tensor, finding_known: torch.Tensor) -> torch.Tensor:
+                 finding_targets: torch.Tensor, finding_known: torch.Tensor, dilation: int = 0) -> torch.Tensor:
     """BCE of volume-pooled finding logits for the structures present and labelled for each finding.
 
     ``target_low`` is the label map at the resolution of the pixel logits; ``finding_targets`` and
-    ``finding_known`` are (K, F) floats / bools.
+    ``finding_known`` are (K, F) floats / bools; each true mask is widened by ``dilation`` pixels, as
+    serving widens the delivered ones.
     """
     onehot = F.one_hot(target_low.long(), num_structures + 1).permute(0, 3, 1, 2)[:, 1:].float()
+    onehot = widen_masks(onehot, dilation)
     class_mass, finding_mass = finding_sums(finding_pixel_logits, onehot)
     present = class_mass.sum(0) > 0
     mask = finding_known & present[:, None]

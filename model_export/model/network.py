@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_export.configs import TINY_TEXT_MODEL, ModelConfig, RunConfig
-from model_export.model.fusion import FusionHead, finding_sums
+from model_export.model.fusion import FusionHead, finding_sums, widen_masks
 from model_export.model.image_encoder import ImageEncoder
 from model_export.model.text_encoder import (
     TextEncoder,
@@ -48,7 +48,8 @@ class LumbarSegmenter(nn.Module):
         self.num_findings = len(ontology.findings)
         self.image_encoder = ImageEncoder(cfg.encoder, 2, cfg.decoder_width, cfg.feat_dim)
         self.fusion = FusionHead(cfg.feat_dim, cfg.embed_dim, self.image_encoder.pooled_dim,
-                                 center_embeddings=cfg.center_class_embeddings)
+                                 center_embeddings=cfg.center_class_embeddings,
+                                 pool_dilation=cfg.finding_pool_dilation)
         self.text_guided = cfg.kind == "text_guided"
         if self.text_guided:
             if text_backbone is None or tokenizer is None:
@@ -107,7 +108,7 @@ class LumbarSegmenter(nn.Module):
 class FusionExport(nn.Module):
     """The fusion head as served: label map on the caller's grid, per-slice finding sums and finding maps.
 
-    The sums pool findings inside the model's own classes; the per-pixel finding logits let the worker
+    The sums pool findings inside the model's own classes (widened as in training); the per-pixel finding logits let the worker
     pool them again inside the structures it delivers (service.infer.finding_maps).
 
     ``output_grid`` only carries the (rows, cols) of the original slices in its shape, so that the
@@ -124,7 +125,7 @@ class FusionExport(nn.Module):
         shifted = torch.exp(low - low.amax(dim=1, keepdim=True))  # softmax written out: ONNX Runtime's
         probs = (shifted / shifted.sum(dim=1, keepdim=True))[:, 1:]  # Softmax over axis 1 was 3x slower
         finding_logits = self.fusion.finding_logits(features, finding_embeddings)
-        class_mass, finding_mass = finding_sums(finding_logits, probs)
+        class_mass, finding_mass = finding_sums(finding_logits, widen_masks(probs, self.fusion.pool_dilation))
         up = F.interpolate(low, size=output_grid.shape[-2:], mode="bilinear", align_corners=False)
         labels = torch.argmax(up, dim=1).to(torch.uint8)
         return labels, class_mass, finding_mass, low, finding_logits

@@ -101,7 +101,7 @@ def training_step(model: torch.nn.Module, batch: PreparedCase, window: slice, au
         low = out["finding_pixel_logits"]
         target_low = F.interpolate(target[:, None].float(), size=low.shape[-2:], mode="nearest")[:, 0]
         losses["findings"] = finding_loss(low, target_low, model.num_structures, batch.finding_targets,
-                                          batch.finding_known)
+                                          batch.finding_known, run.model.finding_pool_dilation)
     losses["total"] = losses["segmentation"] + run.train.finding_loss_weight * losses.get("findings", 0.0)
     return losses
 

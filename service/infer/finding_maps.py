@@ -8,18 +8,35 @@ training, where the pooling masks are the true structures, not the predicted one
 
 Pooling is a log-mean-exp (a soft maximum) of the clamped logits, the same as the fusion head's
 ``finding_sums``, so a focal herniation on a few slices can still raise its level's score.
+
+Each structure's mask may be widened first by ``dilation`` feature pixels in the slice plane (a square
+neighbourhood, as the fusion head's max-pool). Why: herniated material carries its disc's label in the
+truth, but a model's disc outline stays inside the disc's dark rim, so the pixels that show a herniation
+lie just outside the delivered disc. The model is trained with the same widening of the true masks,
+which also gives the pixels around each structure a finding loss; without it they are never trained,
+and a soft maximum over a delivered mask that strays onto one of them can fire on noise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 from service.infer.input_view import SliceBox
 
 FINDING_LOGIT_CLAMP = 12.0
 """Logits are clamped before exp so it cannot overflow; the fusion head's finding_sums imports this one."""
+
+
+def pool_dilation_from_card(card: dict[str, Any]) -> int:
+    """The card's ``finding_pooling.dilation_px``; cards from before it pool inside the bare masks (0)."""
+    value = card.get("finding_pooling", {}).get("dilation_px", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"finding_pooling.dilation_px must be a non-negative integer, got {value!r}")
+    return value
 
 
 @dataclass
@@ -30,6 +47,8 @@ class FindingMaps:
     """(n_slices, F, h, w) float32, findings in ontology order."""
     box: SliceBox
     """The box of the acquisition grid that the (h, w) feature grid spans (see ``input_view``)."""
+    dilation: int = 0
+    """Feature pixels by which each structure's mask is widened in the slice plane before pooling."""
 
     def labels_on_feature_grid(self, labels: np.ndarray) -> np.ndarray:
         """(n, rows, cols) acquisition-grid labels sampled at the feature pixels' centres (outside is 0)."""
@@ -48,13 +67,22 @@ class FindingMaps:
 
     def pool(self, labels: np.ndarray) -> dict[int, np.ndarray]:
         """structure label -> (F,) pooled logits, for every label that covers at least one feature pixel."""
-        low = self.labels_on_feature_grid(labels).ravel().astype(np.int64)
-        if low.size == 0 or not low.any():
+        low = self.labels_on_feature_grid(labels)
+        present = [int(v) for v in np.unique(low) if v != 0]
+        if not present:
             return {}
-        counts = np.bincount(low)
-        expd = np.exp(np.clip(self.logits, -FINDING_LOGIT_CLAMP, FINDING_LOGIT_CLAMP))
-        per_finding = [np.bincount(low, weights=expd[:, f].ravel(), minlength=counts.size)
-                       for f in range(self.logits.shape[1])]
-        sums = np.stack(per_finding, axis=1)  # (labels, F)
-        return {int(label): np.log(np.maximum(sums[label], 1e-30) / counts[label])
-                for label in np.flatnonzero(counts) if label != 0}
+        expd = np.exp(np.clip(self.logits, -FINDING_LOGIT_CLAMP, FINDING_LOGIT_CLAMP))  # (n, F, h, w)
+        out = {}
+        for label in present:
+            mask = self.structure_mask(low, label)
+            sums = np.einsum("nhw,nfhw->f", mask, expd)
+            out[label] = np.log(np.maximum(sums, 1e-30) / mask.sum())
+        return out
+
+    def structure_mask(self, low: np.ndarray, label: int) -> np.ndarray:
+        """(n, h, w) float mask of ``label`` on the feature grid, widened by ``dilation`` in each slice."""
+        mask = (low == label).astype(np.float32)
+        if self.dilation > 0:
+            size = 2 * self.dilation + 1
+            mask = maximum_filter(mask, size=(1, size, size), mode="constant", cval=0.0)
+        return mask

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InferenceError, ModelDirectoryError
-from service.infer.finding_maps import FindingMaps
+from service.infer.finding_maps import FindingMaps, pool_dilation_from_card
 from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_from_box, survey_slices
 from service.infer.level_findings import combiners_from_card
 from service.infer.onnx_session import OnnxGraph
@@ -168,6 +168,7 @@ class OnnxModel:
         self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
         self.finding_combiners = combiners_from_card(card)
+        self.finding_pool_dilation = pool_dilation_from_card(card)
 
     @property
     def providers(self) -> list[str]:
@@ -185,6 +186,7 @@ class OnnxModel:
             card = json.loads(card_path.read_text())
             Ontology.from_dict(card["ontology"])
             InputView.from_card(card["input"])
+            pool_dilation_from_card(card)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
         graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
@@ -213,7 +215,8 @@ class OnnxModel:
         t0 = time.perf_counter()
         finding_probs = self._finding_probs(final.labels, final.class_mass, final.finding_mass)
         timings["findings"] = time.perf_counter() - t0
-        finding_maps = FindingMaps(final.maps, box) if final.maps is not None else None
+        finding_maps = (FindingMaps(final.maps, box, self.finding_pool_dilation)
+                        if final.maps is not None else None)
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
                           timings=timings, box=box)
 

@@ -153,6 +153,7 @@ def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_the
 
 def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_slice(
         tiny_cases, tiny_generated_study, tmp_path, monkeypatch):
+    """Also a model whose finding pooling widens each mask: the card carries the width to the service."""
     import dataclasses
 
     from model_export.configs import get_config
@@ -161,12 +162,13 @@ def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_
     from service.infer.input_view import InputView, SliceBox
 
     run = get_config("tiny")
-    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64)))
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64), finding_pool_dilation=2))
     checkpoint = train(tiny_cases, run, tmp_path / "run", progress=False)
     case = read_generated_study(tiny_generated_study)
     export_model(checkpoint, tmp_path / "model", parity_study=case)
     model = OnnxModel.load(tmp_path / "model", intra_op_threads=1)
     assert model.view.band_size == (96, 64)
+    assert model.finding_pool_dilation == 2
     _, rows, cols = case.t2.shape
     box = SliceBox(-rows // 8, cols // 3, rows + rows // 4, (rows + rows // 4) * 2 // 3)
     monkeypatch.setattr(InputView, "band_box", lambda self, labels: box)  # a box past the bottom and right
@@ -179,4 +181,7 @@ def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_
     assert got.finding_maps.box == expected.finding_maps.box == box
     assert got.finding_maps.logits.shape[-2:] == expected.finding_maps.logits.shape[-2:] == (96, 64)
     np.testing.assert_allclose(got.finding_maps.logits, expected.finding_maps.logits, atol=2e-3)
+    assert got.finding_maps.dilation == expected.finding_maps.dilation == 2
+    for label, pooled in expected.finding_maps.pool(expected.labels).items():
+        np.testing.assert_allclose(got.finding_maps.pool(expected.labels)[label], pooled, atol=2e-3)
     assert {"survey_image_encoder", "image_encoder"} <= set(got.timings)

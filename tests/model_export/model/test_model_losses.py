@@ -61,3 +61,14 @@ def test_finding_loss_ignores_levels_the_source_does_not_state():
     assert grad[:, 0, :3].abs().sum() > 0  # finding 0 inside structure 1 drives the loss
     assert grad[:, 1].abs().sum() == 0  # finding 1 is stated nowhere
     assert grad[:, 0, 3:].abs().sum() == 0  # structure 2 is not stated for finding 0
+
+
+def test_widened_finding_loss_also_trains_the_pixels_just_outside_a_structure():
+    torch.manual_seed(0)
+    pixel_logits = torch.randn(1, 1, 8, 6, requires_grad=True)
+    target = torch.zeros(1, 8, 6, dtype=torch.long)
+    target[:, 2:4] = 1  # rows 2-3; widened by one pixel: rows 1-4
+    loss = finding_loss(pixel_logits, target, 1, torch.tensor([[1.0]]), torch.tensor([[True]]), dilation=1)
+    loss.backward()
+    rows_with_gradient = (pixel_logits.grad[0, 0].abs().sum(1) > 0).nonzero().ravel().tolist()
+    assert rows_with_gradient == [1, 2, 3, 4]

@@ -28,6 +28,29 @@ def test_pool_is_the_log_mean_exp_of_the_logits_inside_each_label():
     assert pooled[3][1] == pytest.approx(-2.0)
 
 
+def test_dilated_pool_reaches_evidence_just_outside_the_delivered_disc():
+    # a disc outline that stops one pixel short of the herniated pixels behind it
+    labels = np.zeros((2, 6, 6), np.uint8)
+    labels[:, 2:4, 1:4] = 7
+    logits = np.full((2, 1, 6, 6), -4.0, np.float32)
+    logits[0, 0, 2, 5] = 8.0  # two columns behind the disc: outside even a 1-pixel widening
+    logits[1, 0, 3, 4] = 6.0  # right behind it
+    plain = FindingMaps(logits, SliceBox.square(6, 6)).pool(labels)[7][0]
+    widened = FindingMaps(logits, SliceBox.square(6, 6), dilation=1).pool(labels)[7][0]
+    assert plain == pytest.approx(-4.0)
+    # widened by one pixel in-plane only: 4 x 5 = 20 pixels per slice, and one of the 40 is at 6
+    assert widened == pytest.approx(np.log((39 * np.exp(-4.0) + np.exp(6.0)) / 40))
+
+
+def test_dilation_widens_each_slice_in_plane_not_across_slices():
+    labels = np.zeros((3, 5, 5), np.uint8)
+    labels[1, 2, 2] = 4
+    maps = FindingMaps(np.zeros((3, 1, 5, 5), np.float32), SliceBox.square(5, 5), dilation=1)
+    mask = maps.structure_mask(maps.labels_on_feature_grid(labels), 4)
+    assert mask[1].sum() == 9
+    assert mask[0].sum() == 0 and mask[2].sum() == 0
+
+
 def test_feature_grid_samples_pixel_centres_and_treats_padding_as_background():
     # 6 x 3 slice padded to a 6 x 6 square, seen on a 3 x 3 feature grid: centres at rows/cols 1, 3, 5
     labels = np.arange(18, dtype=np.uint8).reshape(1, 6, 3) + 1

@@ -33,6 +33,15 @@ def test_malformed_model_card_is_rejected(tmp_path):
         OnnxModel.load(tmp_path)
 
 
+@pytest.mark.parametrize("dilation", [-1, 1.5, "2", True])
+def test_card_with_a_bad_finding_pool_dilation_is_refused_at_load(tmp_path, dilation):
+    card = {"ontology": DEFAULT_ONTOLOGY.to_dict(), "input": {"size": [64, 64]},
+            "finding_pooling": {"dilation_px": dilation}}
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelDirectoryError, match="dilation_px"):
+        OnnxModel.load(tmp_path)
+
+
 def test_missing_graph_is_named(tmp_path):
     card = {"ontology": DEFAULT_ONTOLOGY.to_dict(), "input": {"size": [64, 64]}}
     (tmp_path / "model.json").write_text(json.dumps(card))
