@@ -5,25 +5,34 @@ Three poolings of the same predictions:
 * ``raw``: inside the model's own soft classes, scored against the model's raw labels;
 * ``delivered_model_classes``: the same probabilities, carried to the levels post-processing delivers
   (what the worker did before finding maps existed);
-* ``delivered_structures``: the finding maps pooled inside each delivered structure (what it does now).
+* ``delivered_structures``: the finding maps pooled inside each delivered structure (what it does now),
+  each mask widened as the model was trained (``finding_pool_dilation``);
+* ``delivered_structures_widened_N`` for each ``--dilations N``: the same with the masks widened by N
+  feature pixels instead, to ask whether a model trained without widening gains from it at serving.
 
 Thresholds are the best-F1 ones on the validation cases, per pooling, so each is measured at its best
 operating point; the mean AUC over findings compares them without any threshold.
 
     python -m model_export.evaluation.finding_pooling --checkpoint tuned.pt --val data/val \
-        --test data/heldout --out pooling.json
+        --test data/heldout --out pooling.json [--dilations 0 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 POOLINGS = ("raw", "delivered_model_classes", "delivered_structures")
+WIDENED = "delivered_structures_widened_"
+
+
+def pooling_names(dilations: list[int] | tuple[int, ...] = ()) -> tuple[str, ...]:
+    return POOLINGS + tuple(f"{WIDENED}{d}" for d in dilations)
 
 
 def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLINGS
@@ -42,6 +51,8 @@ def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLI
                 pred_labels, pred_probs = labels, probs
             else:
                 pooled_maps = maps if pooling == "delivered_structures" else None
+                if pooling.startswith(WIDENED) and maps is not None:
+                    pooled_maps = replace(maps, dilation=int(pooling[len(WIDENED):]))
                 pred_labels, pred_probs = delivered_output(labels, probs, pooled_maps, case, {}, ontology)
             for _, key, p, actual in finding_decisions(case, pred_labels, pred_probs):
                 out[pooling][key].append((p, actual))
@@ -64,7 +75,7 @@ def compare(val_pairs: dict, test_pairs: dict) -> dict[str, Any]:
     from model_export.training.loop import tune_thresholds
 
     report: dict[str, Any] = {}
-    for pooling in POOLINGS:
+    for pooling in val_pairs:
         thresholds = tune_thresholds(val_pairs[pooling])
         overall, per_finding = Counts(), {}
         for key, pairs in test_pairs[pooling].items():
@@ -85,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=Path, required=True, help="validation cases: thresholds are tuned here")
     parser.add_argument("--test", type=Path, required=True, help="held-out cases: the rates are measured here")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
+    parser.add_argument("--dilations", type=int, nargs="*", default=[], metavar="N",
+                        help="also pool inside delivered masks widened by N feature pixels")
     args = parser.parse_args(argv)
+    if any(d < 0 for d in args.dilations):
+        parser.error("--dilations: widths are feature pixels, 0 or more")
 
     from model_export.data import load_cases
     from model_export.evaluation.evaluate import load_predictor
@@ -95,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         predictor = load_predictor(args.checkpoint)
         if predictor.kind == "unet":
             raise LumbarAIError(f"{args.checkpoint} has no finding head (a U-Net baseline)")
-        val = finding_pairs(predictor, load_cases(args.val, predictor.ontology))
-        test = finding_pairs(predictor, load_cases(args.test, predictor.ontology))
+        poolings = pooling_names(args.dilations)
+        val = finding_pairs(predictor, load_cases(args.val, predictor.ontology), poolings)
+        test = finding_pairs(predictor, load_cases(args.test, predictor.ontology), poolings)
     except LumbarAIError as exc:
         parser.exit(2, f"finding_pooling: {exc}\n")
     report = compare(val, test)

@@ -113,10 +113,13 @@ def test_finding_pooling_comparison_reports_each_pooling_with_rates_and_auc(trai
 
     out = tmp_path / "pooling.json"
     assert pooling_main(["--checkpoint", str(trained_runs["text_guided"]), "--val", str(generated_set),
-                         "--test", str(generated_set), "--out", str(out)]) == 0
+                         "--test", str(generated_set), "--out", str(out), "--dilations", "0", "2"]) == 0
     report = json.loads(out.read_text())
-    assert set(report) == set(POOLINGS)
-    for pooling in POOLINGS:
+    widened = ["delivered_structures_widened_0", "delivered_structures_widened_2"]
+    assert set(report) == {*POOLINGS, *widened}
+    # the tiny model was trained without widening: widening by 0 is its own delivered pooling
+    assert report[widened[0]]["overall"] == report["delivered_structures"]["overall"]
+    for pooling in report:
         overall = report[pooling]["overall"]
         assert overall["tp"] + overall["fp"] + overall["tn"] + overall["fn"] > 0
     assert "delivered_structures" in capsys.readouterr().out
