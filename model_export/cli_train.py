@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finding-dilation", type=int, default=None, metavar="PIXELS",
                         help="widen each structure's mask by this many model pixels before pooling its finding "
                              "logits (training and serving; 0 = off)")
+    parser.add_argument("--finding-conv-layers", type=int, default=None, metavar="N",
+                        help="3x3 convolutions of the finding branch before its projection (0 = linear)")
     band = parser.add_mutually_exclusive_group()
     band.add_argument("--spine-band", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
                       help="also read each slice through a spine band box at this input size (multiples of 32)")
@@ -58,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.finding_dilation <= 16:
             raise ConfigError(f"--finding-dilation {args.finding_dilation}: give 0 to 16 model pixels")
         model_changes["finding_pool_dilation"] = args.finding_dilation
+    if getattr(args, "finding_conv_layers", None) is not None:
+        if not 0 <= args.finding_conv_layers <= 8:
+            raise ConfigError(f"--finding-conv-layers {args.finding_conv_layers}: give 0 to 8")
+        model_changes["finding_conv_layers"] = args.finding_conv_layers
     if args.steps is not None:
         train_changes["steps"] = args.steps
     if args.budget_s is not None:

@@ -39,6 +39,9 @@ class ModelConfig:
     """(height, width) of the spine band view, or None for the square view alone (service.infer.input_view)."""
     band_margin: float = 0.06
     """Margin on either side of the spine band, as a fraction of the slice height."""
+    finding_conv_layers: int = 0
+    """3x3 convolutions (at stride 2) before the finding projection; 0: a per-pixel linear projection of the
+    fusion features, as every checkpoint before it had (see model.fusion)."""
     finding_pool_dilation: int = 0
     """Feature pixels by which each structure's mask is widened before its finding logits are pooled, in
     training (true masks) and serving (delivered masks); see service.infer.finding_maps."""

@@ -19,7 +19,11 @@ The segmentation is a softmax over the queried classes, so it already depends on
 together; centring makes the heads depend on it too.
 
 Findings: decoder features are projected per pixel and scored against each finding's embedding (passed
-through a small MLP). Those pixel logits are pooled inside each structure over the whole volume as a
+through a small MLP). With ``finding_conv_layers`` the projection first reads 3x3 convolutions at stride 2.
+Without them a finding's pixel logit is a linear map of the 16 features the segmentation reads, so the
+findings get no capacity of their own; a herniation is a shape (disc material past the line of the
+vertebral bodies' backs), which is more than an intensity for a linear readout to pick up. The
+convolutions cost about 3 % of a training step. Those pixel logits are pooled inside each structure over the whole volume as a
 log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
 With ``pool_dilation`` each structure's mask is first widened by that many pixels (``widen_masks``), so
 that herniated material just outside a predicted disc outline still counts for its disc.
@@ -39,7 +43,7 @@ from service.infer.finding_maps import FINDING_LOGIT_CLAMP
 class FusionHead(nn.Module):
     def __init__(self, feat_dim: int, embed_dim: int, pooled_dim: int, head_width: int = 8,
                  finding_dim: int = 32, controller_width: int = 128, center_embeddings: bool = True,
-                 pool_dilation: int = 0) -> None:
+                 pool_dilation: int = 0, finding_conv_layers: int = 0, finding_conv_width: int = 32) -> None:
         super().__init__()
         self.center_embeddings = center_embeddings
         self.pool_dilation = pool_dilation
@@ -54,7 +58,13 @@ class FusionHead(nn.Module):
         with torch.no_grad():  # every class starts from one working head; the embeddings move it apart
             self.controller[-1].bias.copy_(self._initial_head())
         self.background = nn.Conv2d(c, 1, 1)
-        self.pixel_proj = nn.Conv2d(c, finding_dim, 1)
+        self.finding_context: nn.Module | None = None
+        if finding_conv_layers > 0:
+            layers: list[nn.Module] = []
+            for i in range(finding_conv_layers):
+                layers += [nn.Conv2d(c if i == 0 else finding_conv_width, finding_conv_width, 3, padding=1), nn.GELU()]
+            self.finding_context = nn.Sequential(*layers)
+        self.pixel_proj = nn.Conv2d(finding_conv_width if finding_conv_layers > 0 else c, finding_dim, 1)
         self.finding_mlp = nn.Sequential(nn.Linear(embed_dim, 64), nn.GELU(), nn.Linear(64, finding_dim + 1))
         self.finding_dim = finding_dim
 
@@ -100,7 +110,11 @@ class FusionHead(nn.Module):
     def finding_logits(self, features: torch.Tensor, finding_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, F, h, w) per-pixel logits of each finding."""
         query = self.finding_mlp(finding_embeddings)
-        pixels = self.pixel_proj(features)
+        if self.finding_context is None:
+            pixels = self.pixel_proj(features)
+        else:  # 3x3 context at stride 2, as the segmentation head's layers, then back to the feature grid
+            pixels = self.pixel_proj(self.finding_context(F.avg_pool2d(features, 2)))
+            pixels = F.interpolate(pixels, size=features.shape[-2:], mode="bilinear", align_corners=False)
         d = self.finding_dim  # positive indices: ONNX gathers with negative ones are easy to get wrong
         scores = (query[:, :d] @ pixels.flatten(2)).reshape(pixels.shape[0], -1, *pixels.shape[-2:])
         return scores / math.sqrt(d) + query[:, d:d + 1].transpose(0, 1)[:, :, None, None]

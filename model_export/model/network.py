@@ -49,7 +49,8 @@ class LumbarSegmenter(nn.Module):
         self.image_encoder = ImageEncoder(cfg.encoder, 2, cfg.decoder_width, cfg.feat_dim)
         self.fusion = FusionHead(cfg.feat_dim, cfg.embed_dim, self.image_encoder.pooled_dim,
                                  center_embeddings=cfg.center_class_embeddings,
-                                 pool_dilation=cfg.finding_pool_dilation)
+                                 pool_dilation=cfg.finding_pool_dilation,
+                                 finding_conv_layers=cfg.finding_conv_layers)
         self.text_guided = cfg.kind == "text_guided"
         if self.text_guided:
             if text_backbone is None or tokenizer is None:

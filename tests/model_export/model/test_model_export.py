@@ -153,7 +153,8 @@ def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_the
 
 def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_slice(
         tiny_cases, tiny_generated_study, tmp_path, monkeypatch):
-    """Also a model whose finding pooling widens each mask: the card carries the width to the service."""
+    """Also a model with a convolutional finding branch whose pooling widens each mask: the card carries
+    the width to the service."""
     import dataclasses
 
     from model_export.configs import get_config
@@ -162,7 +163,8 @@ def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_
     from service.infer.input_view import InputView, SliceBox
 
     run = get_config("tiny")
-    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64), finding_pool_dilation=2))
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, band_size=(96, 64), finding_pool_dilation=2,
+                                                                 finding_conv_layers=2))
     checkpoint = train(tiny_cases, run, tmp_path / "run", progress=False)
     case = read_generated_study(tiny_generated_study)
     export_model(checkpoint, tmp_path / "model", parity_study=case)
