@@ -216,6 +216,8 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                          "per-class heads (three layers at stride 2 plus a full-resolution linear map)"
                          + ("; structure embeddings centred over the queried classes"
                             if run["model"].get("center_class_embeddings") else "")
+                         + (f"; finding branch of {run['model']['finding_conv_layers']} 3x3 convolutions at stride 2"
+                            if run["model"].get("finding_conv_layers") else "; linear finding projection")
                          + "; finding logits pooled per structure as log-mean-exp",
                          "embed_dim": run["model"]["embed_dim"]},
         "ontology": ontology.to_dict(),

@@ -95,6 +95,15 @@ def test_train_cli_refuses_a_spine_band_size_the_encoder_cannot_tile(generated_s
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [("--finding-dilation", "-1", "0 to 16 model pixels"),
+                                                      ("--finding-conv-layers", "9", "give 0 to 8")])
+def test_train_refuses_a_finding_branch_setting_out_of_range(generated_set, tmp_path, capsys, flag, value, message):
+    assert main(["train", "--data", str(generated_set), "--config", "tiny", flag, value,
+                 "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_build_demo_model_builds_once_then_reuses_the_cache(tmp_path):
     models = tmp_path / "models"
     args = ["build-demo-model", "--models-dir", str(models), "--config", "tiny", "--studies", "3", "--budget-s", "60"]

@@ -74,6 +74,34 @@ def test_fusion_head_ignores_what_all_class_embeddings_share():
                               uncentred.segment(features, pooled, embeddings + shared), atol=1e-5)
 
 
+def test_convolutional_finding_branch_gives_finite_logits_on_the_feature_grid_at_odd_sizes():
+    head = FusionHead(feat_dim=16, embed_dim=24, pooled_dim=32, finding_conv_layers=3)
+    for rows, cols in ((20, 20), (21, 17)):
+        logits = head.finding_logits(torch.rand(2, 16, rows, cols), torch.rand(5, 24))
+        assert logits.shape == (2, 5, rows, cols)
+        assert torch.isfinite(logits).all()
+
+
+def test_finding_branch_reads_a_neighbourhood_only_with_its_convolutions():
+    torch.manual_seed(0)
+    features = torch.zeros(1, 16, 16, 16)
+    poked = features.clone()
+    poked[0, :, 8, 8] = 1.0
+    for layers, reaches_neighbours in ((0, False), (2, True)):
+        head = FusionHead(feat_dim=16, embed_dim=24, pooled_dim=32, finding_conv_layers=layers)
+        queries = torch.rand(2, 24)
+        change = (head.finding_logits(poked, queries) - head.finding_logits(features, queries)).abs()[0, 0]
+        assert change[8, 8] > 0
+        assert bool(change[8, 12] > 0) is reaches_neighbours  # four pixels away
+
+
+def test_checkpoints_from_before_the_finding_branch_load_with_the_linear_projection():
+    data = get_config("cpu-hour").to_dict()
+    del data["model"]["finding_conv_layers"], data["model"]["finding_pool_dilation"]
+    model = RunConfig.from_dict(data).model
+    assert model.finding_conv_layers == 0 and model.finding_pool_dilation == 0
+
+
 def test_checkpoints_from_before_centring_load_without_it():
     run = get_config("tiny")
     data = run.to_dict()
