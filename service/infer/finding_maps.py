@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import maximum_filter
+from scipy.ndimage import find_objects, maximum_filter
 
 from service.infer.input_view import SliceBox
 
@@ -68,15 +68,18 @@ class FindingMaps:
     def pool(self, labels: np.ndarray) -> dict[int, np.ndarray]:
         """structure label -> (F,) pooled logits, for every label that covers at least one feature pixel."""
         low = self.labels_on_feature_grid(labels)
-        present = [int(v) for v in np.unique(low) if v != 0]
-        if not present:
-            return {}
         expd = np.exp(np.clip(self.logits, -FINDING_LOGIT_CLAMP, FINDING_LOGIT_CLAMP))  # (n, F, h, w)
         out = {}
-        for label in present:
-            mask = self.structure_mask(low, label)
-            sums = np.einsum("nhw,nfhw->f", mask, expd)
-            out[label] = np.log(np.maximum(sums, 1e-30) / mask.sum())
+        for index, found in enumerate(find_objects(low)):
+            if found is None:
+                continue
+            # each structure's box, grown by the widening: a small crop instead of the whole volume
+            slices, rows, cols = found
+            rows = slice(max(0, rows.start - self.dilation), rows.stop + self.dilation)
+            cols = slice(max(0, cols.start - self.dilation), cols.stop + self.dilation)
+            mask = self.structure_mask(low[slices, rows, cols], index + 1)
+            sums = np.einsum("nhw,nfhw->f", mask, expd[slices, :, rows, cols])
+            out[index + 1] = np.log(np.maximum(sums, 1e-30) / mask.sum())
         return out
 
     def structure_mask(self, low: np.ndarray, label: int) -> np.ndarray:
