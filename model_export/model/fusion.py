@@ -23,10 +23,12 @@ through a small MLP). With ``finding_conv_layers`` the projection first reads 3x
 Without them a finding's pixel logit is a linear map of the 16 features the segmentation reads, so the
 findings get no capacity of their own; a herniation is a shape (disc material past the line of the
 vertebral bodies' backs), which is more than an intensity for a linear readout to pick up. The
-convolutions cost about 3 % of a training step. Those pixel logits are pooled inside each structure over the whole volume as a
-log-mean-exp, a soft maximum, so a focal herniation on a few slices can still raise its level's score.
-With ``pool_dilation`` each structure's mask is first widened by that many pixels (``widen_masks``), so
-that herniated material just outside a predicted disc outline still counts for its disc.
+convolutions cost about 3 % of a training step.
+
+The pixel logits are pooled inside each structure over the whole volume as a log-mean-exp, a soft
+maximum, so a focal herniation on a few slices can still raise its level's score. With ``pool_dilation``
+each structure's mask is first widened by that many pixels (``widen_masks``), so that herniated material
+just outside a predicted disc outline still counts for its disc.
 """
 
 from __future__ import annotations
