@@ -28,7 +28,8 @@ convolutions cost about 3 % of a training step.
 The pixel logits are pooled inside each structure over the whole volume as a log-mean-exp, a soft
 maximum, so a focal herniation on a few slices can still raise its level's score. With ``pool_dilation``
 each structure's mask is first widened by that many pixels (``widen_masks``), so that herniated material
-just outside a predicted disc outline still counts for its disc.
+just outside a predicted disc outline still counts for its disc. Neither option helped at one CPU-hour of
+training (model_export/RESULTS.md, session 10); both are off by default.
 """
 
 from __future__ import annotations

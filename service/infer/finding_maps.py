@@ -14,7 +14,8 @@ neighbourhood, as the fusion head's max-pool). Why: herniated material carries i
 truth, but a model's disc outline stays inside the disc's dark rim, so the pixels that show a herniation
 lie just outside the delivered disc. The model is trained with the same widening of the true masks,
 which also gives the pixels around each structure a finding loss; without it they are never trained,
-and a soft maximum over a delivered mask that strays onto one of them can fire on noise.
+and a soft maximum over a delivered mask that strays onto one of them can fire on noise. Measured at one
+CPU-hour of training it did not help (model_export/RESULTS.md, session 10), so models use 0 by default.
 """
 
 from __future__ import annotations
