@@ -66,4 +66,4 @@ def _predict_in_box(model: nn.Module, t2: np.ndarray | None, t1: np.ndarray | No
         finding_mass.append(fm.numpy())
         maps.append(pixel_logits.numpy())
     logits = pool_findings(np.concatenate(class_mass), np.concatenate(finding_mass))
-    return TorchPrediction(labels, logits, FindingMaps(np.concatenate(maps), box, model.cfg.finding_pool_dilation))
+    return TorchPrediction(labels, logits, FindingMaps(np.concatenate(maps), box, fusion.fusion.pool_dilation))
