@@ -4,7 +4,9 @@ The check has three parts, all of which must pass or the export fails with ``Mod
 the ONNX checker on each graph; ONNX Runtime against torch on the same inputs, at the shapes used for
 export and at different batch, height, width and class counts (max abs difference per output against a
 tolerance); and the service's ONNX-only ``OnnxModel.predict`` against torch ``predict_volume`` on a
-generated study (share of identical voxels of the label map).
+generated study (share of identical voxels of the label map). A checkpoint with a level classifier
+(``lumbar-ai train-levels``) also gets ``level_classifier.onnx``, checked the same way, and a
+``level_classifier`` section in the card.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import torch
 from torch import nn
 
 from model_export.configs import RunConfig
+from model_export.model.level_classifier import CHECKPOINT_KEY, LevelClassifier, load_level_classifier
 from model_export.model.network import FusionExport, LumbarSegmenter, load_checkpoint
 from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
 from service.errors import ModelExportError
-from service.infer.model import DEFAULT_NORMALISATION, OnnxModel
+from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OnnxModel
 from service.ontology import Ontology
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,24 @@ def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dic
     return parity
 
 
+def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+    """Write level_classifier.onnx and compare it with torch at two level, slice and finding counts."""
+    torch.manual_seed(1)
+    crop = classifier.cfg.crop
+    crops = torch.rand(3, crop.slices, 2, crop.pixels, crop.pixels)
+    path = out_dir / LEVEL_CLASSIFIER_FILE
+    names, outputs = ["crops", "finding_embeddings"], ["logits"]
+    _export(classifier, (crops, findings), path, names, outputs,
+            {"crops": {0: "levels", 1: "slices"}, "finding_embeddings": {0: "findings"},
+             "logits": {0: "levels", 1: "findings"}})
+    _check_graph(path)
+    variants = [(crops, findings), (torch.rand(5, crop.slices + 2, 2, crop.pixels, crop.pixels), findings[:3])]
+    diffs = [_max_diff(classifier, path, names, args, outputs)["logits"] for args in variants]
+    if max(diffs) > TOLERANCE:
+        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > {TOLERANCE}")
+    return {"logits": max(diffs)}
+
+
 def _tokenizer(model: LumbarSegmenter):
     from tokenizers import Tokenizer
 
@@ -244,6 +265,7 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
                                for f in ontology.findings},
         "finding_combiners": dict(ckpt.get("finding_combiners", {})),
+        **level_classifier_card(ckpt),
         "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
         "metrics": metrics or {},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
@@ -251,6 +273,20 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
                      "python": platform.python_version(), "opset": OPSET},
         "export_parity": {"onnxruntime_vs_torch": parity, "label_map": agreement},
     }
+
+
+def level_classifier_card(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``level_classifier`` section, or nothing for a checkpoint without one."""
+    entry = ckpt.get(CHECKPOINT_KEY)
+    if entry is None:
+        return {}
+    return {"level_classifier": {
+        "graph": LEVEL_CLASSIFIER_FILE, "crop": entry["config"]["crop"],
+        "description": "findings of each delivered disc and vertebra from crops around its centre "
+                       "(columns posterior, rows inferior, the slices nearest its centre), each slice scored "
+                       "against the finding embeddings; a level's logit is the maximum over its slices. "
+                       "It replaces the pooled finding maps (service.infer.level_crops)",
+        "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
 
 
 def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, version: str = "0.1.0",
@@ -264,6 +300,12 @@ def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, versi
     out_dir.mkdir(parents=True, exist_ok=True)
     size = model.cfg.input_size
     parity = export_graphs(model, out_dir, size)
+    classifier = load_level_classifier(ckpt)
+    (out_dir / LEVEL_CLASSIFIER_FILE).unlink(missing_ok=True)  # a re-export without one must not keep it
+    if classifier is not None:
+        with torch.no_grad():
+            parity[LEVEL_CLASSIFIER_FILE] = export_level_classifier(
+                classifier, model.class_embeddings()[1].detach(), out_dir)
     name = name or out_dir.name
     # a provisional card lets OnnxModel load the directory for the label-map check
     card = build_card(ckpt, parity, {}, name, version, metrics)

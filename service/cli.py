@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model_export.cli_train", "train the text-guided model or a baseline (checkpoints, curves)"),
     "evaluate": ("model_export.cli_evaluate", "compare models on held-out studies (Dice, IoU, findings, tests)"),
     "export": ("model_export.cli_export", "export a checkpoint to a checked ONNX model directory"),
+    "train-levels": ("model_export.cli_train_levels", "train a checkpoint's level classifier (findings from fine crops)"),
     "tune-thresholds": ("model_export.cli_tune", "set a checkpoint's finding thresholds on a validation set"),
     "build-demo-model": ("model_export.demo_model", "build models/demo when absent (generate, train, export)"),
     "pretrain": ("model_export.cli_pretrain", "self-supervised pretraining: FCMAE image encoder, CLIP/SimCSE text encoder"),

@@ -92,13 +92,16 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         model = OnnxModel.load(path, intra_op_threads=2)
 
         def run_onnx(case: Case):
-            pred = model.predict(case.t2, case.t1, case.pixel_spacing)
+            pred = model.predict(case.t2, case.t1, case.pixel_spacing, grid=case.grid())
             return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
                          model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners)
     if path.is_file():
+        import torch
+
         from model_export.configs import RunConfig
+        from model_export.model.level_classifier import cropped_levels, load_level_classifier
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
         from service.infer.level_findings import combiners_from_card
@@ -106,6 +109,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         model, ckpt = load_checkpoint(path)
         ontology = Ontology.from_dict(ckpt["ontology"])
         view = RunConfig.from_dict(ckpt["run"]).model.view()
+        classifier = load_level_classifier(ckpt)
 
         def run_torch(case: Case):
             pred = predict_volume(model, case.t2, case.t1, view)
@@ -114,6 +118,10 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
                 return pred.labels, None, None
             out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)
                              if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
+            if classifier is not None:
+                with torch.no_grad():
+                    findings = model.class_embeddings()[1]
+                return pred.labels, out, cropped_levels(classifier, findings, case.t2, case.t1, case.grid(), ontology)
             return pred.labels, out, pred.finding_maps
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem

@@ -100,8 +100,8 @@ def overlay_real_scan(model_dir: Path, image_path: Path, out_png: Path) -> dict[
     volume = sitk.GetArrayFromImage(oriented).astype(np.float32)  # (slices, rows, cols), sagittal axes
     spacing = (float(oriented.GetSpacing()[1]), float(oriented.GetSpacing()[0]))
     model = OnnxModel.load(model_dir, intra_op_threads=2)
-    prediction = model.predict(volume, None, spacing)
     grid = sagittal_grid(volume, spacing, oriented.GetSpacing()[2], np.array(oriented.GetDirection()))
+    prediction = model.predict(volume, None, spacing, grid=grid)
     delivered = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
                             grid, prediction.finding_maps, model.finding_combiners)
     out_png = Path(out_png)

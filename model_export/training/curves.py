@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _smooth(values: list[float], width: int) -> np.ndarray:
+def moving_mean(values: list[float], width: int) -> np.ndarray:
     v = np.asarray(values, dtype=float)
     if len(v) < width or width <= 1:
         return v
@@ -27,7 +27,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("total", "segmentation", "findings"):
         if any(key in h for h in history):
-            ax_loss.plot(steps, _smooth([h.get(key, np.nan) for h in history], width), label=key)
+            ax_loss.plot(steps, moving_mean([h.get(key, np.nan) for h in history], width), label=key)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel(f"loss (moving mean of {width})")
     ax_loss.legend()

@@ -1,8 +1,9 @@
 """Each delivered level's findings: the model's score against the model card's threshold, or, for a disc
 finding with a combiner, the model's score and the disc's measurements together.
 
-The model's finding score comes from features pooled inside the structure as delivered (finding_maps.py),
-or without finding maps from the model's per-class probabilities of its raw label. The measurements
+The model's finding score comes from a level scorer run on the structures as delivered: the level
+classifier's crops of each one (level_crops.py) when the model has one, else the finding maps pooled inside
+it (finding_maps.py), or without either from the model's per-class probabilities of its raw label. The measurements
 (disc_morphometry.py) say how far the delivered disc reaches behind the vertebral bodies. A small
 logistic model over both, fitted on validation studies by ``lumbar-ai tune-thresholds`` and shipped in
 the model card under ``finding_combiners``, turns them into one probability with its own threshold. A
@@ -14,14 +15,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from service.errors import ModelDirectoryError
 from service.infer.disc_morphometry import FEATURES
-from service.infer.finding_maps import FindingMaps
 from service.ontology import Ontology, Structure
+
+
+class LevelScorer(Protocol):
+    """Finding logits per delivered structure: ``FindingMaps`` and ``CroppedLevels`` both answer it."""
+
+    def pool(self, labels: np.ndarray) -> dict[int, np.ndarray]:
+        """label -> (F,) logits over the ontology's findings, for the structures present in ``labels``."""
+        ...
+
 
 LEARNED = "learned_logit"
 """The model's own probability, as a logit, is the first input of every combiner."""
@@ -87,9 +96,9 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def pooled_probs(finding_maps: FindingMaps | None, labels: np.ndarray, ontology: Ontology
+def pooled_probs(finding_maps: LevelScorer | None, labels: np.ndarray, ontology: Ontology
                  ) -> dict[int, dict[str, float]]:
-    """Delivered label -> {finding key: probability} pooled inside the delivered structure."""
+    """Delivered label -> {finding key: probability} from the model's level scorer."""
     if finding_maps is None:
         return {}
     keys = [f.key for f in ontology.findings]

@@ -26,11 +26,16 @@ import numpy as np
 from service.errors import InferenceError, ModelDirectoryError
 from service.infer.finding_maps import FindingMaps, pool_dilation_from_card
 from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_from_box, survey_slices
+from service.infer.level_crops import CroppedLevels, CropSpec, scored_labels
 from service.infer.level_findings import combiners_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
 
 GRAPH_FILES = ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx")
+LEVEL_CLASSIFIER_FILE = "level_classifier.onnx"
+"""Optional fourth graph (model_export.model.level_classifier): present when the card has a
+``level_classifier`` section, and then it scores the delivered levels' findings instead of the pooled
+finding maps."""
 DEFAULT_NORMALISATION = {"method": "percentile_scale", "percentile": 99.5, "clip": [0.0, 2.0],
                          "missing_sequence": "zeros"}
 
@@ -112,6 +117,16 @@ def model_input(t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, i
     return np.stack(channels, axis=1).astype(np.float32)
 
 
+def normalised_channels(t2: np.ndarray | None, t1: np.ndarray | None,
+                        normalisation: dict[str, Any] | None = None) -> np.ndarray:
+    """(2, n, rows, cols) float32 [T2, T1] on the acquisition grid, each normalised over its volume as
+    :func:`model_input` does (the level classifier's crops are cut from these)."""
+    norm = normalisation or DEFAULT_NORMALISATION
+    reference = reference_volume(t2, t1)
+    return np.stack([np.zeros(reference.shape, np.float32) if v is None
+                     else normalise_intensity(v, norm["percentile"], tuple(norm["clip"])) for v in (t2, t1)])
+
+
 def pool_findings(class_mass: np.ndarray, finding_mass: np.ndarray) -> np.ndarray:
     """Volume-level finding logits per structure (K, F): log of the mass-weighted mean of exp(logit).
 
@@ -135,8 +150,9 @@ class Prediction:
     """uint8 (n_slices, rows, cols) on the input grid; raw argmax."""
     finding_probs: dict[int, dict[str, float]]
     """structure label -> {finding key: probability} for findings whose site matches the structure's kind."""
-    finding_maps: FindingMaps | None = None
-    """Per-slice finding logits for pooling inside delivered structures; None from an older export."""
+    finding_maps: FindingMaps | CroppedLevels | None = None
+    """What scores the delivered structures' findings: the level classifier bound to this study, or the
+    per-slice finding logits to pool inside them; None from an older export."""
     timings: dict[str, float] = field(default_factory=dict)
     box: SliceBox | None = None
     """The box of each slice that the model read (the spine band, or the padded square)."""
@@ -169,6 +185,7 @@ class OnnxModel:
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
         self.finding_combiners = combiners_from_card(card)
         self.finding_pool_dilation = pool_dilation_from_card(card)
+        self.level_crop = level_crop_from_card(card)
 
     @property
     def providers(self) -> list[str]:
@@ -187,20 +204,24 @@ class OnnxModel:
             Ontology.from_dict(card["ontology"])
             InputView.from_card(card["input"])
             pool_dilation_from_card(card)
+            level_crop = level_crop_from_card(card)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
+        names = GRAPH_FILES + ((LEVEL_CLASSIFIER_FILE,) if level_crop is not None else ())
         graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
-                  for name in GRAPH_FILES}
+                  for name in names}
         structures, findings = embed_ontology_prompts(model_dir, card, graphs["text_encoder.onnx"])
         return cls(model_dir, card, graphs, structures, findings)
 
     def predict(self, t2: np.ndarray | None, t1: np.ndarray | None, pixel_spacing: tuple[float, float],
-                slice_batch: int = 8) -> Prediction:
+                slice_batch: int = 8, grid: Any = None) -> Prediction:
         """Label map on the grid of the inputs and per-level finding probabilities.
 
         ``pixel_spacing`` is accepted for the contract; this model resizes every slice to a fixed size,
         so the spacing does not change the computation. A model with a spine band view runs twice (see
-        ``service.infer.input_view``): the survey's labels only place the band.
+        ``service.infer.input_view``): the survey's labels only place the band. ``grid`` (the reference
+        series' geometry) lets a model with a level classifier crop each delivered level in patient
+        directions; without it the finding maps score the levels.
         """
         del pixel_spacing
         timings: dict[str, float] = {}
@@ -215,10 +236,21 @@ class OnnxModel:
         t0 = time.perf_counter()
         finding_probs = self._finding_probs(final.labels, final.class_mass, final.finding_mass)
         timings["findings"] = time.perf_counter() - t0
-        finding_maps = (FindingMaps(final.maps, box, self.finding_pool_dilation)
-                        if final.maps is not None else None)
+        finding_maps: FindingMaps | CroppedLevels | None = (
+            FindingMaps(final.maps, box, self.finding_pool_dilation) if final.maps is not None else None)
+        if self.level_crop is not None and grid is not None:
+            finding_maps = self.cropped_levels(t2, t1, grid)
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
                           timings=timings, box=box)
+
+    def cropped_levels(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any) -> CroppedLevels:
+        """The level classifier bound to this study, scoring whichever levels post-processing delivers."""
+        if self.level_crop is None:
+            raise InferenceError(f"model {self.version} has no level classifier")
+        graph = self.graphs[LEVEL_CLASSIFIER_FILE]
+        return CroppedLevels(normalised_channels(t2, t1, self.normalisation), grid, self.level_crop,
+                             scored_labels(self.ontology),
+                             lambda crops: graph.run(crops=crops, finding_embeddings=self.finding_embeddings)["logits"])
 
     def _run_view(self, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int], box: SliceBox,
                   slice_batch: int, timings: dict[str, float], prefix: str) -> ViewOutputs:
@@ -264,6 +296,16 @@ class OnnxModel:
                 for j, f in enumerate(self.ontology.findings) if f.site == structure.kind
             }
         return result
+
+
+def level_crop_from_card(card: dict[str, Any]) -> CropSpec | None:
+    """The level classifier's crop, or None for a model without one; ValueError when malformed."""
+    section = card.get("level_classifier")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
+        raise ValueError("level_classifier must hold a crop section")
+    return CropSpec.from_card(section["crop"])
 
 
 def embed_ontology_prompts(model_dir: Path, card: dict[str, Any], text_encoder: OnnxGraph

@@ -13,8 +13,8 @@ Three steps, each recorded so the report can say what was changed:
    label used twice. The assignment that keeps the most of the model's labels under those rules is found
    by dynamic programming; the others are relabelled or dropped.
 3. Per-level measurements (volume, disc height; for discs how far they reach behind the vertebral
-   bodies, disc_morphometry.py) and findings (level_findings.py): the model's score pooled inside the
-   structure as delivered, against the model card's threshold, or combined with the disc's measurements
+   bodies, disc_morphometry.py) and findings (level_findings.py): the model's score for the structure as
+   delivered (the level classifier's, or its finding maps pooled inside it), against the model card's threshold, or combined with the disc's measurements
    where the card has a combiner for that finding.
 """
 
@@ -27,9 +27,14 @@ import numpy as np
 from scipy import ndimage
 
 from service.infer.disc_morphometry import measure_discs
-from service.infer.finding_maps import FindingMaps
 from service.infer.level_count import Counting, count_levels
-from service.infer.level_findings import FindingCombiner, FindingResult, level_findings, pooled_probs
+from service.infer.level_findings import (
+    FindingCombiner,
+    FindingResult,
+    LevelScorer,
+    level_findings,
+    pooled_probs,
+)
 from service.ontology import Ontology, Structure
 
 FRAGMENT_FRACTION = 0.3
@@ -134,7 +139,7 @@ def postprocess(
     ontology: Ontology,
     thresholds: dict[str, float],
     grid: Grid,
-    finding_maps: FindingMaps | None = None,
+    finding_maps: LevelScorer | None = None,
     finding_combiners: dict[str, FindingCombiner] | None = None,
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""

@@ -47,7 +47,7 @@ class Model(Protocol):
     finding_combiners: dict[str, Any]
 
     def predict(self, t2: np.ndarray | None, t1: np.ndarray | None, pixel_spacing: tuple[float, float],
-                slice_batch: int = 8) -> Any: ...
+                slice_batch: int = 8, grid: Any = None) -> Any: ...
 
 
 @dataclass
@@ -108,6 +108,7 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
         other_on_ref if reference_is_t2 else reference.pixels,
         reference.pixel_spacing,
         settings.slice_batch,
+        grid=reference,
     )
     timings.update({k: float(v) for k, v in prediction.timings.items()})
 

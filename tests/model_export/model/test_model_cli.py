@@ -145,3 +145,70 @@ def test_finding_pooling_refuses_a_model_without_finding_head(trained_runs, gene
                       "--test", str(generated_set), "--out", str(tmp_path / "x.json")])
     assert exit_info.value.code == 2
     assert "no finding head" in capsys.readouterr().err
+
+
+def test_train_levels_cli_adds_a_level_classifier_that_tune_evaluate_and_export_carry(
+        trained_runs, generated_set, tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from model_export.data import read_generated_study
+    from model_export.model.level_classifier import cropped_levels, load_level_classifier
+    from model_export.model.network import load_checkpoint
+    from service.infer.level_crops import CroppedLevels
+    from service.infer.model import OnnxModel
+
+    levels = tmp_path / "levels.pt"
+    assert main(["train-levels", "--checkpoint", str(trained_runs["text_guided"]), "--data", str(generated_set),
+                 "--val", str(generated_set), "--out", str(levels), "--steps", "3", "--variants", "1",
+                 "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["levels"] > 0 and set(report["val_auc_true_centres"]) == set(report["thresholds"])
+    assert (tmp_path / "levels_curves.png").stat().st_size > 1000
+    segmenter, ckpt = load_checkpoint(levels)
+    classifier = load_level_classifier(ckpt)
+    assert classifier is not None and ckpt["finding_combiners"] == {}
+    # the segmenter is carried unchanged
+    original = torch.load(str(trained_runs["text_guided"]), map_location="cpu", weights_only=False)
+    assert all(torch.equal(original["model"][k], v) for k, v in ckpt["model"].items())
+
+    tuned = tmp_path / "tuned.pt"
+    assert main(["tune-thresholds", "--checkpoint", str(levels), "--data", str(generated_set),
+                 "--out", str(tuned)]) == 0
+    assert load_level_classifier(torch.load(str(tuned), map_location="cpu", weights_only=False)) is not None
+
+    model_dir = tmp_path / "models" / "levels"
+    study_dir = sorted(generated_set.iterdir())[0]
+    assert main(["export", "--checkpoint", str(tuned), "--out", str(model_dir), "--parity-study", str(study_dir)]) == 0
+    card = json.loads((model_dir / "model.json").read_text())
+    assert card["level_classifier"]["crop"] == classifier.cfg.crop.to_dict()
+    assert "synthetic" in card["level_classifier"]["trained_on"]["statement"]
+    assert card["export_parity"]["onnxruntime_vs_torch"]["level_classifier.onnx"]["logits"] < 2e-3
+
+    # the worker's ONNX path scores the same levels as torch does, through the same crops
+    study = read_generated_study(study_dir)
+    onnx_model = OnnxModel.load(model_dir)
+    prediction = onnx_model.predict(study.t2, study.t1, study.pixel_spacing, grid=study.grid())
+    assert isinstance(prediction.finding_maps, CroppedLevels)
+    got = prediction.finding_maps.pool(study.labels)
+    with torch.no_grad():
+        expected = cropped_levels(classifier, segmenter.class_embeddings()[1], study.t2, study.t1, study.grid(),
+                                  onnx_model.ontology).pool(study.labels)
+    assert sorted(got) == sorted(expected) and len(got) >= 5
+    assert max(float(np.abs(got[k] - expected[k]).max()) for k in got) < 1e-3
+
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--models", str(model_dir), str(tuned), "--names", "onnx", "torch",
+                 "--data", str(generated_set), "--out", str(out), "--postprocess"]) == 0
+    summary = {m["name"]: m for m in json.loads((out / "evaluation.json").read_text())["models"]}
+    assert summary["onnx +post"]["findings"]["overall"] == summary["torch +post"]["findings"]["overall"]
+
+
+def test_train_levels_cli_refuses_a_model_without_finding_embeddings(trained_runs, generated_set, tmp_path, capsys):
+    assert main(["train-levels", "--checkpoint", str(trained_runs["unet"]), "--data", str(generated_set),
+                 "--out", str(tmp_path / "x.pt"), "--no-progress"]) == 2
+    assert "without finding embeddings" in capsys.readouterr().err
+    assert main(["train-levels", "--checkpoint", str(trained_runs["text_guided"]), "--data", str(generated_set),
+                 "--out", str(tmp_path / "x.pt"), "--steps", "0"]) == 2
+    assert "--steps must be" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,203 @@
+"""Training the level classifier on crops around the true discs and vertebrae.
+
+Crops are cut once, before the steps: the unaugmented crop of every level that the source states findings
+for, plus ``variants`` copies rotated, scaled and shifted a little (a delivered structure's centre is
+not the true one). Each step then draws levels and variants, mirrors the slice order at random (left and
+right paracentral herniations look alike), scales intensities and drops a sequence now and then, so one
+sequence alone still works. The finding embeddings are the segmenter's, fixed: the classifier learns to
+map its crops into the space the text already defines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model_export.data import Case
+from model_export.evaluation.finding_pooling import auc
+from model_export.model.level_classifier import LevelClassifier, LevelClassifierConfig
+from service.infer.level_crops import CropSpec, crop_slices, structure_centres
+from service.infer.model import normalised_channels
+from service.ontology import Ontology
+
+log = logging.getLogger(__name__)
+
+MAX_ANGLE_DEG = 15.0
+SCALE_RANGE = (0.9, 1.1)
+CENTRE_SD_MM = 2.0
+SEQUENCE_DROPOUT = 0.15
+"""Chance per level of zeroing T1, and again of zeroing T2."""
+
+
+@dataclass
+class LevelSamples:
+    crops: np.ndarray
+    """(N, 1 + variants, slices, 2, pixels, pixels) float16; variant 0 is the unaugmented crop."""
+    targets: np.ndarray
+    """(N, F) float32 over the ontology's findings."""
+    known: np.ndarray
+    """(N, F) bool: the source states this finding at this level."""
+    cases: list[str]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def case_samples(case: Case, ontology: Ontology, spec: CropSpec, variants: int, rng: np.random.Generator
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Crops, targets and known masks of one case's levels that have stated findings."""
+    keys = [f.key for f in ontology.findings]
+    channels = normalised_channels(case.t2, case.t1)
+    grid = case.grid()
+    centres = structure_centres(case.labels, sorted(case.findings))
+    crops, targets, known = [], [], []
+    for label, centre in sorted(centres.items()):
+        stated = case.findings[label]
+        if not stated:
+            continue
+        copies = [crop_slices(channels, grid, centre, spec)]
+        for _ in range(variants):
+            copies.append(crop_slices(
+                channels, grid, centre, spec, angle_deg=float(rng.uniform(-MAX_ANGLE_DEG, MAX_ANGLE_DEG)),
+                scale=float(rng.uniform(*SCALE_RANGE)), shift_mm=tuple(rng.normal(0.0, CENTRE_SD_MM, 2)),
+                slice_shift=int(rng.integers(-1, 2))))
+        crops.append(np.stack(copies).astype(np.float16))
+        targets.append(np.array([float(stated.get(k, False)) for k in keys], np.float32))
+        known.append(np.array([k in stated for k in keys]))
+    return crops, targets, known
+
+
+def level_samples(loaders: list[tuple[str, Callable[[], Case]]], ontology: Ontology, spec: CropSpec,
+                  variants: int, seed: int, progress: bool = True, what: str = "crops") -> LevelSamples:
+    rng = np.random.default_rng(seed)
+    crops: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    known: list[np.ndarray] = []
+    names: list[str] = []
+    for name, load in tqdm(loaders, desc=what, unit="case", disable=not progress):
+        c, t, k = case_samples(load(), ontology, spec, variants, rng)
+        crops += c
+        targets += t
+        known += k
+        names += [name] * len(c)
+    f = len(ontology.findings)
+    shape = (0, 1 + variants, spec.slices, 2, spec.pixels, spec.pixels)
+    return LevelSamples(np.stack(crops) if crops else np.zeros(shape, np.float16),
+                        np.stack(targets) if targets else np.zeros((0, f), np.float32),
+                        np.stack(known) if known else np.zeros((0, f), bool), names)
+
+
+def augment_batch(crops: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """(B, slices, 2, H, W) float16 -> float32 with the per-step augmentations."""
+    x = torch.from_numpy(crops.astype(np.float32))
+    b = len(x)
+    flip = torch.from_numpy(rng.random(b) < 0.5)
+    x[flip] = x[flip].flip(1)
+    x = x * torch.from_numpy(rng.uniform(0.8, 1.2, (b, 1, 2, 1, 1)).astype(np.float32))
+    drop = rng.random(b)
+    x[torch.from_numpy(drop < SEQUENCE_DROPOUT), :, 1] = 0.0
+    x[torch.from_numpy((drop >= SEQUENCE_DROPOUT) & (drop < 2 * SEQUENCE_DROPOUT)), :, 0] = 0.0
+    return x
+
+
+def positive_weights(samples: LevelSamples, cap: float = 10.0) -> torch.Tensor:
+    """sqrt(negatives / positives) per finding, capped: rare findings still pull, without swamping."""
+    pos = (samples.targets * samples.known).sum(axis=0)
+    neg = ((1 - samples.targets) * samples.known).sum(axis=0)
+    return torch.from_numpy(np.sqrt(np.minimum(neg / np.maximum(pos, 1.0), cap)).astype(np.float32))
+
+
+def level_logits(model: LevelClassifier, crops: np.ndarray, finding_embeddings: torch.Tensor,
+                 batch: int = 32) -> np.ndarray:
+    """(N, F) logits of the unaugmented crops (N, slices, 2, H, W)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(crops), batch):
+            out.append(model(torch.from_numpy(crops[i:i + batch].astype(np.float32)), finding_embeddings))
+    model.train()
+    return torch.cat(out).numpy() if out else np.zeros((0, len(finding_embeddings)), np.float32)
+
+
+def validation_auc(model: LevelClassifier, samples: LevelSamples, finding_embeddings: torch.Tensor,
+                   keys: list[str]) -> dict[str, float | None]:
+    logits = level_logits(model, samples.crops[:, 0], finding_embeddings)
+    return {key: auc([(float(logits[i, j]), bool(samples.targets[i, j]))
+                      for i in np.flatnonzero(samples.known[:, j])]) for j, key in enumerate(keys)}
+
+
+def train_level_classifier(train: LevelSamples, val: LevelSamples | None, finding_embeddings: torch.Tensor,
+                           cfg: LevelClassifierConfig, keys: list[str], steps: int, batch: int = 32,
+                           lr: float = 2e-3, seed: int = 0, validate_every: int = 500, progress: bool = True
+                           ) -> tuple[LevelClassifier, list[dict[str, Any]]]:
+    """One-cycle AdamW on the weighted, partial-label BCE; history rows for the curves."""
+    if len(train) == 0:
+        raise ValueError("no training level states a finding")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = LevelClassifier(cfg)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    targets, known = torch.from_numpy(train.targets), torch.from_numpy(train.known).float()
+    weights = positive_weights(train)
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    bar = tqdm(range(steps), desc="level classifier", unit="step", disable=not progress)
+    for step in bar:
+        idx = rng.integers(0, len(train), batch)
+        variant = rng.integers(0, train.crops.shape[1], batch)
+        logits = model(augment_batch(train.crops[idx, variant], rng), finding_embeddings)
+        per_finding = F.binary_cross_entropy_with_logits(logits, targets[idx], pos_weight=weights, reduction="none")
+        loss = (per_finding * known[idx]).sum() / known[idx].sum().clamp(min=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        row: dict[str, Any] = {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - started}
+        if val is not None and len(val) and ((step + 1) % validate_every == 0 or step + 1 == steps):
+            row["val_auc"] = validation_auc(model, val, finding_embeddings, keys)
+            log.info("level classifier step %d: validation AUC %s", step + 1,
+                     {k: None if v is None else round(v, 3) for k, v in row["val_auc"].items()})
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+    model.eval()
+    return model, history
+
+
+def plot_level_curves(history: list[dict[str, Any]], path: Any, title: str = "") -> None:
+    """Training loss and validation AUC per finding, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from model_export.training.curves import moving_mean
+
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    width = max(1, len(history) // 50)
+    ax_loss.plot([h["step"] for h in history], moving_mean([h["loss"] for h in history], width))
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel(f"weighted BCE (moving mean of {width})")
+    rows = [h for h in history if "val_auc" in h]
+    for key in rows[0]["val_auc"] if rows else []:
+        points = [(h["step"], h["val_auc"][key]) for h in rows if h["val_auc"][key] is not None]
+        if points:
+            ax_auc.plot(*zip(*points, strict=True), marker="o", label=key)
+    ax_auc.set_xlabel("step")
+    ax_auc.set_ylabel("validation AUC (true level centres)")
+    ax_auc.set_ylim(0.4, 1.0)
+    if rows:
+        ax_auc.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
