@@ -1,12 +1,16 @@
 """The ONNX-only inference path of the text-guided model (numpy, onnxruntime, tokenizers; no torch).
 
-A model directory written by ``lumbar-ai export`` holds three graphs, a tokenizer and the model card:
+A model directory written by ``lumbar-ai export`` holds three graphs (four with a level classifier), a
+tokenizer and the model card:
 
 * ``text_encoder.onnx``: prompt token ids -> L2-normalised embeddings in the shared space. Run once at
   load on the ontology's prompts; the mean per class is what guides the fusion head.
 * ``image_encoder.onnx``: (B, 2, S, S) normalised [T2, T1] slices -> decoder features and a pooled vector.
 * ``fusion_head.onnx``: features + class and finding embeddings -> per-slice label map on the original
   grid, and per-structure sums from which per-level finding probabilities are pooled over the volume.
+* ``level_classifier.onnx`` (optional, when the card has a ``level_classifier`` section): fine crops
+  around each delivered disc and vertebra + finding embeddings -> per-level finding logits
+  (``service.infer.level_crops``), in place of the pooled finding maps.
 
 The training code imports the preprocessing functions below, so serving and training resize and
 normalise the same way. Post-processing (connected components, level consistency) is the worker's job:
