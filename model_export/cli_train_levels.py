@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 
@@ -33,75 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from model_export.data import discover_cases
-    from model_export.evaluation.metrics import best_f1_threshold
-    from model_export.model.level_classifier import CHECKPOINT_KEY, LevelClassifierConfig
-    from model_export.model.network import LumbarSegmenter, load_checkpoint
-    from model_export.training.level_training import (
-        level_logits,
-        level_samples,
-        plot_level_curves,
-        train_level_classifier,
-    )
+    from model_export.training.level_training import add_level_classifier
     from service.errors import ConfigError
-    from service.ontology import Ontology
 
     if not 1 <= args.steps <= 1_000_000 or not 1 <= args.batch <= 4096 or not 0 <= args.variants <= 16:
         raise ConfigError("--steps must be 1..1000000, --batch 1..4096 and --variants 0..16")
     torch.set_num_threads(max(1, args.threads))
     if not args.checkpoint.is_file():
         raise ConfigError(f"{args.checkpoint} is not a checkpoint file")
-    segmenter, ckpt = load_checkpoint(args.checkpoint)
-    if not isinstance(segmenter, LumbarSegmenter):
-        raise ConfigError(f"{args.checkpoint} is a {ckpt['run']['model']['kind']} model without finding "
-                          "embeddings; the level classifier needs a text-guided or visual-only checkpoint")
-    ontology = Ontology.from_dict(ckpt["ontology"])
-    keys = [f.key for f in ontology.findings]
-    with torch.no_grad():
-        finding_embeddings = segmenter.class_embeddings()[1].detach()
-    cfg = LevelClassifierConfig(embed_dim=int(finding_embeddings.shape[1]))
-    progress = not args.no_progress
-    started = time.perf_counter()
-    train_loaders = discover_cases(args.data, ontology)[:args.max_cases]
-    train = level_samples(train_loaders, ontology, cfg.crop, args.variants, args.seed, progress, "training crops")
-    if len(train) == 0:
-        raise ConfigError(f"no level in {args.data} states a finding: nothing to train the classifier on")
-    val = None
-    if args.val is not None:
-        val_loaders = discover_cases(args.val, ontology)[:args.max_cases]
-        val = level_samples(val_loaders, ontology, cfg.crop, 0, args.seed + 1, progress, "validation crops")
-    crops_s = time.perf_counter() - started
-    classifier, history = train_level_classifier(train, val, finding_embeddings, cfg, keys, args.steps,
-                                                 args.batch, seed=args.seed, progress=progress)
-    thresholds = {k: 0.5 for k in keys}
-    if val is not None and len(val):
-        probs = 1.0 / (1.0 + np.exp(-level_logits(classifier, val.crops[:, 0], finding_embeddings)))
-        for j, key in enumerate(keys):
-            stated = val.known[:, j]
-            if stated.any():
-                thresholds[key] = best_f1_threshold(probs[stated, j], val.targets[stated, j].astype(bool))
-    final_auc = next((h["val_auc"] for h in reversed(history) if "val_auc" in h), None)
-    ckpt[CHECKPOINT_KEY] = {
-        "config": cfg.to_dict(),
-        "state": classifier.state_dict(),
-        "provenance": {"data_dir": str(args.data), "cases": len(train_loaders), "levels": len(train),
-                       "variants": args.variants, "steps": args.steps, "batch": args.batch, "seed": args.seed,
-                       "val_dir": None if args.val is None else str(args.val),
-                       "val_levels": 0 if val is None else len(val), "val_auc_true_centres": final_auc,
-                       "crop_seconds": round(crops_s, 1),
-                       "train_seconds": round(history[-1]["seconds"], 1) if history else 0.0},
-    }
-    ckpt["finding_thresholds"] = thresholds
-    ckpt["finding_combiners"] = {}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, str(args.out))
-    curves = args.out.with_name(args.out.stem + "_curves.png")
-    plot_level_curves(history, curves, f"level classifier on {len(train)} levels (synthetic data)")
-    (args.out.with_name(args.out.stem + "_history.json")).write_text(json.dumps(history))
-    print(json.dumps({"out": str(args.out), "curves": str(curves), "levels": len(train),
-                      "val_levels": 0 if val is None else len(val), "val_auc_true_centres": final_auc,
-                      "thresholds": thresholds}, indent=1))
+    train = discover_cases(args.data)[:args.max_cases]
+    val = None if args.val is None else discover_cases(args.val)[:args.max_cases]
+    report = add_level_classifier(args.checkpoint, train, val, args.out, args.steps, args.batch, args.variants,
+                                  args.seed, progress=not args.no_progress,
+                                  sources={"data_dir": str(args.data),
+                                           "val_dir": None if args.val is None else str(args.val)})
+    print(json.dumps(report, indent=1))
     return 0

@@ -2,7 +2,7 @@
 
 ``make demo`` calls :func:`ensure_demo_model` (or ``lumbar-ai build-demo-model``). The whole build, from
 generation to the checked export, is held to ``budget_s`` (15 minutes by default) of wall time on the
-machine's cores: training gets what generation and the export reserve leave. SPIDER masks are split by
+machine's cores: training gets what generation, the level classifier and the export reserve leave. SPIDER masks are split by
 patient so that held-out evaluation sets can use masks the model never saw (:func:`spider_split`).
 """
 
@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 EXPORT_RESERVE_S = 120.0
 """Wall time kept back for the final validation, threshold tuning and the checked export."""
+LEVEL_CLASSIFIER_RESERVE_S = 150.0
+"""Wall time kept back for the level classifier: its crops and LEVEL_CLASSIFIER_STEPS steps on 2 cores."""
+LEVEL_CLASSIFIER_STEPS = {"tiny": 3}
+"""Steps of the level classifier per config; 400 for any other."""
+LEVEL_CLASSIFIER_VAL_CASES = 6
+"""The last studies, left out of the classifier's training, on which its thresholds are set."""
 TRAIN_SEED_BASE = 10_000
 HELD_OUT_SEED_BASE = 90_000
 
@@ -69,7 +75,9 @@ def ensure_demo_model(models_dir: Path, budget_s: float = 900.0, force: bool = F
     import torch
 
     from model_export.configs import get_config
+    from model_export.data import discover_cases
     from model_export.export import export_model
+    from model_export.training.level_training import add_level_classifier
     from model_export.training.loop import train
 
     models_dir = Path(models_dir)
@@ -83,11 +91,17 @@ def ensure_demo_model(models_dir: Path, budget_s: float = 900.0, force: bool = F
     data = generate_studies(work / "studies", studies, TRAIN_SEED_BASE, spider_train,
                             small=config_name == "tiny")
     generation_s = time.perf_counter() - started
-    train_budget = max(30.0, budget_s - generation_s - EXPORT_RESERVE_S)
+    train_budget = max(30.0, budget_s - generation_s - EXPORT_RESERVE_S - LEVEL_CLASSIFIER_RESERVE_S)
     run = get_config(config_name)
     run = dataclasses.replace(run, train=dataclasses.replace(run.train, time_budget_s=train_budget))
     log.info("generated %d studies in %.0f s; training for at most %.0f s", studies, generation_s, train_budget)
     checkpoint = train(data, run, work / "run", progress=progress)
+    cases = discover_cases(data)
+    held = min(LEVEL_CLASSIFIER_VAL_CASES, len(cases) // 3)
+    checkpoint = Path(add_level_classifier(
+        checkpoint, cases[:len(cases) - held], cases[len(cases) - held:] or None, work / "run" / "levels.pt",
+        LEVEL_CLASSIFIER_STEPS.get(config_name, 400), progress=progress,
+        sources={"data_dir": str(data), "split": f"the last {held} studies validate"})["out"])
     staging = models_dir / ".demo_staging"
     shutil.rmtree(staging, ignore_errors=True)
     export_model(checkpoint, staging, name="demo")

@@ -6,9 +6,11 @@ Three poolings of the same predictions:
 * ``delivered_model_classes``: the same probabilities, carried to the levels post-processing delivers
   (what the worker did before finding maps existed);
 * ``delivered_structures``: the finding maps pooled inside each delivered structure (what it does now),
-  each mask widened as the model was trained (``finding_pool_dilation``);
+  each mask widened as the model was trained (``finding_pool_dilation``), or the level classifier's
+  scores of each delivered structure for a checkpoint that has one;
 * ``delivered_structures_widened_N`` for each ``--dilations N``: the same with the masks widened by N
-  feature pixels instead, to ask whether a model trained without widening gains from it at serving.
+  feature pixels instead, to ask whether a model trained without widening gains from it at serving
+  (the same as ``delivered_structures`` for a model with a level classifier).
 
 Thresholds are the best-F1 ones on the validation cases, per pooling, so each is measured at its best
 operating point; the mean AUC over findings compares them without any threshold.
@@ -40,6 +42,7 @@ def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLI
     """pooling -> finding key -> (probability, truth) per level the truth states; the model runs once
     per case whatever the number of poolings."""
     from model_export.evaluation.evaluate import delivered_output, finding_decisions
+    from service.infer.finding_maps import FindingMaps
 
     ontology = predictor.ontology
     out: dict[str, dict[str, list[tuple[float, bool]]]] = {
@@ -51,7 +54,7 @@ def finding_pairs(predictor: Any, cases: list, poolings: tuple[str, ...] = POOLI
                 pred_labels, pred_probs = labels, probs
             else:
                 pooled_maps = maps if pooling == "delivered_structures" else None
-                if pooling.startswith(WIDENED) and maps is not None:
+                if pooling.startswith(WIDENED) and isinstance(maps, FindingMaps):
                     pooled_maps = replace(maps, dilation=int(pooling[len(WIDENED):]))
                 pred_labels, pred_probs = delivered_output(labels, probs, pooled_maps, case, {}, ontology)
             for _, key, p, actual in finding_decisions(case, pred_labels, pred_probs):

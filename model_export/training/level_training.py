@@ -10,10 +10,12 @@ map its crops into the space the text already defines.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from model_export.data import Case
 from model_export.evaluation.finding_pooling import auc
 from model_export.model.level_classifier import LevelClassifier, LevelClassifierConfig
+from service.errors import ConfigError
 from service.infer.level_crops import CropSpec, crop_slices, structure_centres
 from service.infer.model import normalised_channels
 from service.ontology import Ontology
@@ -201,3 +204,65 @@ def plot_level_curves(history: list[dict[str, Any]], path: Any, title: str = "")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable[[], Case]]],
+                         val_cases: list[tuple[str, Callable[[], Case]]] | None, out: Path, steps: int,
+                         batch: int = 32, variants: int = 2, seed: int = 0, progress: bool = True,
+                         sources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a level classifier for ``checkpoint`` and write the copy holding both to ``out``.
+
+    Next to ``out``: ``<stem>_curves.png`` and ``<stem>_history.json``. Thresholds are the best-F1 ones on
+    the validation crops (0.5 without them) and combiners are dropped: both were set for the scores the
+    classifier replaces. Returns what the CLI prints.
+    """
+    from model_export.evaluation.metrics import best_f1_threshold
+    from model_export.model.level_classifier import CHECKPOINT_KEY
+    from model_export.model.network import LumbarSegmenter, load_checkpoint
+
+    segmenter, ckpt = load_checkpoint(checkpoint)
+    if not isinstance(segmenter, LumbarSegmenter):
+        raise ConfigError(f"{checkpoint} is a {ckpt['run']['model']['kind']} model without finding "
+                          "embeddings; the level classifier needs a text-guided or visual-only checkpoint")
+    ontology = Ontology.from_dict(ckpt["ontology"])
+    keys = [f.key for f in ontology.findings]
+    with torch.no_grad():
+        finding_embeddings = segmenter.class_embeddings()[1].detach()
+    cfg = LevelClassifierConfig(embed_dim=int(finding_embeddings.shape[1]))
+    started = time.perf_counter()
+    train = level_samples(train_cases, ontology, cfg.crop, variants, seed, progress, "training crops")
+    if len(train) == 0:
+        raise ConfigError("no training level states a finding: nothing to train the level classifier on")
+    val = None
+    if val_cases:
+        val = level_samples(val_cases, ontology, cfg.crop, 0, seed + 1, progress, "validation crops")
+    crops_s = time.perf_counter() - started
+    classifier, history = train_level_classifier(train, val, finding_embeddings, cfg, keys, steps, batch,
+                                                 seed=seed, progress=progress)
+    thresholds = {k: 0.5 for k in keys}
+    if val is not None and len(val):
+        probs = 1.0 / (1.0 + np.exp(-level_logits(classifier, val.crops[:, 0], finding_embeddings)))
+        for j, key in enumerate(keys):
+            stated = val.known[:, j]
+            if stated.any():
+                thresholds[key] = best_f1_threshold(probs[stated, j], val.targets[stated, j].astype(bool))
+    final_auc = next((h["val_auc"] for h in reversed(history) if "val_auc" in h), None)
+    ckpt[CHECKPOINT_KEY] = {
+        "config": cfg.to_dict(),
+        "state": classifier.state_dict(),
+        "provenance": {**(sources or {}), "cases": len(train_cases), "levels": len(train), "variants": variants,
+                       "steps": steps, "batch": batch, "seed": seed,
+                       "val_cases": len(val_cases or []), "val_levels": 0 if val is None else len(val),
+                       "val_auc_true_centres": final_auc, "crop_seconds": round(crops_s, 1),
+                       "train_seconds": round(history[-1]["seconds"], 1)},
+    }
+    ckpt["finding_thresholds"] = thresholds
+    ckpt["finding_combiners"] = {}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, str(out))
+    curves = out.with_name(out.stem + "_curves.png")
+    plot_level_curves(history, curves, f"level classifier on {len(train)} levels (synthetic data)")
+    out.with_name(out.stem + "_history.json").write_text(json.dumps(history))
+    return {"out": str(out), "curves": str(curves), "levels": len(train), "val_levels": 0 if val is None else len(val),
+            "val_auc_true_centres": final_auc, "thresholds": thresholds}

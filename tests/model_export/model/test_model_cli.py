@@ -110,6 +110,8 @@ def test_build_demo_model_builds_once_then_reuses_the_cache(tmp_path):
     assert main(args) == 0
     card = models / "demo" / "model.json"
     assert json.loads(card.read_text())["name"] == "demo"
+    assert "level_classifier" in json.loads(card.read_text())  # the demo scores findings from crops
+    assert (models / "demo" / "level_classifier.onnx").is_file()
     stamp = card.stat().st_mtime_ns
     assert main(args) == 0
     assert card.stat().st_mtime_ns == stamp
