@@ -30,7 +30,7 @@ class LevelClassifierConfig:
     """Channels per stride-2 stage: 80-pixel crops end at 5 x 5."""
     embed_dim: int = 256
     """The shared embedding space of the finding embeddings (the segmenter's ``embed_dim``)."""
-    crop: CropSpec = CropSpec(size_mm=64.0, pixels=80, slices=3)
+    crop: CropSpec = CropSpec()
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths), "crop": self.crop.to_dict()}

@@ -34,8 +34,8 @@ class CropSpec:
     ``size_mm`` sampled on ``pixels`` x ``pixels``."""
 
     size_mm: float = 64.0
-    pixels: int = 96
-    slices: int = 5
+    pixels: int = 80
+    slices: int = 3
 
     @classmethod
     def from_card(cls, data: dict[str, Any]) -> CropSpec:
@@ -55,7 +55,8 @@ def scored_labels(ontology: Ontology) -> list[int]:
 
 def structure_centres(labels: np.ndarray, wanted: list[int]) -> dict[int, np.ndarray]:
     """label -> (slice, row, col) centre of mass of its voxels, for the wanted labels present."""
-    present = [label for label in wanted if label and np.any(labels == label)]
+    in_volume = set(np.unique(labels).tolist())
+    present = [label for label in wanted if label and label in in_volume]
     if not present:
         return {}
     centres = ndimage.center_of_mass(np.ones(labels.shape, np.float32), labels, present)
