@@ -189,7 +189,10 @@ def _find_volume(case_dir: Path, name: str) -> Path | None:
 def read_volume_case(case_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> Case:
     """<case>/t2.* and/or <case>/t1.* (NIfTI, MHA, NRRD file or DICOM folder) with <case>/labels.*.
 
-    Labels use the ontology's values; an optional labelled.json lists the labels the source annotates.
+    Labels use the ontology's values; an optional labelled.json lists the labels the source annotates, and an
+    optional findings.json states findings per level as truth.json does (``{"levels": {"L4/L5":
+    {"disc_protrusion": true, ...}, "L4": {"vertebral_degeneration": false}}}``): the finding losses and the
+    level classifier learn from the levels and findings it states, and from nothing else.
     """
     import SimpleITK as sitk
 
@@ -209,9 +212,16 @@ def read_volume_case(case_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> C
     labelled = frozenset(s.label for s in ontology.structures)
     if (case_dir / "labelled.json").is_file():
         labelled = frozenset(int(v) for v in json.loads((case_dir / "labelled.json").read_text()))
+    findings: dict[int, dict[str, bool]] = {}
+    if (case_dir / "findings.json").is_file():
+        try:
+            findings = findings_from_truth(json.loads((case_dir / "findings.json").read_text())["levels"], ontology)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{case_dir / 'findings.json'} must hold {{\"levels\": {{level: {{finding: "
+                              f"true|false}}}}}}: {exc}") from exc
     spacing = ref_img.GetSpacing()
     return Case(name=case_dir.name, t2=ref if t2_path else None, t1=t1 if t2_path else ref,
-                labels=sitk.GetArrayFromImage(labels_img), labelled=labelled,
+                labels=sitk.GetArrayFromImage(labels_img), labelled=labelled, findings=findings,
                 pixel_spacing=(spacing[1], spacing[0]), slice_spacing=spacing[2],
                 direction=np.array(ref_img.GetDirection()).reshape(3, 3))
 

@@ -47,6 +47,28 @@ def test_volume_case_grid_puts_rows_toward_the_feet_and_slices_toward_the_right(
     np.testing.assert_allclose(grid.index_to_patient(np.array([1, 0, 0])), [-4.0, 0, 0])  # next slice: right
 
 
+def test_volume_case_reads_the_findings_its_findings_json_states(tiny_cases, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from service.errors import ConfigError
+
+    case_dir = tmp_path / "case"
+    shutil.copytree(tiny_cases / "case0", case_dir)
+    assert read_volume_case(case_dir).findings == {}
+    (case_dir / "findings.json").write_text(json.dumps({"levels": {"L4/L5": {"disc_protrusion": True},
+                                                                   "L4": {"vertebral_degeneration": False}}}))
+    disc, vertebra = (DEFAULT_ONTOLOGY.by_level("L4/L5", "disc").label,
+                      DEFAULT_ONTOLOGY.by_level("L4", "vertebra").label)
+    assert read_volume_case(case_dir).findings == {disc: {"disc_protrusion": True},
+                                                   vertebra: {"vertebral_degeneration": False}}
+    (case_dir / "findings.json").write_text(json.dumps({"L4/L5": "protrusion"}))
+    with pytest.raises(ConfigError, match="findings.json"):
+        read_volume_case(case_dir)
+
+
 def test_nearest_label_resize_keeps_only_existing_labels():
     labels = np.random.default_rng(0).integers(0, 5, (2, 17, 23)).astype(np.uint8)
     out = resize_labels_nearest(labels, (8, 40))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def worker_model_dir(tmp_path_factory) -> Path:
             image.SetSpacing((1.0, 1.0, 4.0))
             image.SetDirection(SAGITTAL_DIRECTION)
             sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+        (folder / "findings.json").write_text(json.dumps({"levels": {  # for the level classifier
+            "L5/S1": {"disc_bulging": i == 0, "disc_protrusion": i == 1}, "L5": {"vertebral_degeneration": i == 2}}}))
     run = get_config("tiny")
     run = dataclasses.replace(
         run,
@@ -91,6 +94,22 @@ def worker_model_dir(tmp_path_factory) -> Path:
     )
     out = root / "tiny-bands"
     export_model(checkpoint, out, parity_study=parity)
+    return out
+
+
+@pytest.fixture(scope="session")
+def worker_level_model_dir(worker_model_dir, tmp_path_factory) -> Path:
+    """The same model with a level classifier trained a few steps on the same cases, exported."""
+    from model_export.data import discover_cases
+    from model_export.export import export_model
+    from model_export.training.level_training import add_level_classifier
+
+    root = worker_model_dir.parent
+    cases = discover_cases(root / "cases")
+    checkpoint = add_level_classifier(root / "run" / "final.pt", cases, None, root / "run" / "levels.pt", steps=3,
+                                      batch=8, variants=0, progress=False)["out"]
+    out = tmp_path_factory.mktemp("worker_level_model") / "tiny-levels"
+    export_model(Path(checkpoint), out, parity_study=None)
     return out
 
 

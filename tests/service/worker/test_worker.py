@@ -205,3 +205,29 @@ def test_a_model_that_finds_nothing_fails_the_study_with_that_reason(settings, w
     enqueue(settings, study, client, t1=None)
     outcome = worker.run_once(block_ms=100)
     assert outcome.state == StudyState.FAILED and "no spinal structure found" in outcome.error
+
+
+def test_a_model_with_a_level_classifier_reports_its_scores_of_the_delivered_levels(
+    redis_url, client, worker_level_model_dir, tmp_path
+):
+    from service.infer.level_crops import CroppedLevels
+    from service.infer.model import OnnxModel
+
+    settings = make_settings(redis_url, tmp_path / "data", worker_level_model_dir, pacs_port=4242)
+    model = OnnxModel.load(worker_level_model_dir, intra_op_threads=1)
+    files = write_study(tmp_path / "study", seed=3)
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+    assert Worker(settings, model, name="level-worker").run_once(block_ms=100).state == StudyState.DONE
+
+    t2, t1 = load_series(files["t2"]), load_series(files["t1"])
+    prediction = model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch, grid=t2)
+    assert isinstance(prediction.finding_maps, CroppedLevels)
+    expected = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds, t2,
+                           prediction.finding_maps, model.finding_combiners)
+    report = json.loads((settings.results_dir / study.study_uid / "report.json").read_text())
+    got = {(lv["label"], f["key"]): f["probability"] for lv in report["levels"] for f in lv["findings"]}
+    assert got and got == {(lv.label, f.key): f.probability for lv in expected.levels for f in lv.findings}
+    # the finding maps would have scored them otherwise
+    maps = model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch).finding_maps
+    assert not isinstance(maps, CroppedLevels)
