@@ -70,3 +70,15 @@ def test_rare_findings_weigh_more_but_at_most_the_cap():
     samples.targets[:1, 0] = 1.0  # 1 positive, 39 negatives
     weights = positive_weights(samples, cap=10.0)
     assert weights[0] == pytest.approx(np.sqrt(10.0))
+
+
+def test_a_classifier_saved_before_the_text_projection_loads_without_one():
+    old = {**SMALL.to_dict()}
+    del old["text_projection"]
+    cfg = LevelClassifierConfig.from_dict(old)
+    assert cfg.text_projection is False
+    before = LevelClassifier(cfg)
+    assert "text_project.weight" not in before.state_dict()
+    LevelClassifier(LevelClassifierConfig.from_dict(old)).load_state_dict(before.state_dict())
+    now = LevelClassifier(SMALL)  # the map starts as the identity: the embeddings score as they are
+    assert torch.equal(now.text_project(torch.eye(16)), torch.eye(16))
