@@ -104,7 +104,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         from model_export.model.level_classifier import cropped_levels, load_level_classifier
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
-        from service.infer.level_findings import combiners_from_card
+        from service.infer.level_findings import combiners_from_card, pooled_probs
 
         model, ckpt = load_checkpoint(path)
         ontology = Ontology.from_dict(ckpt["ontology"])
@@ -118,10 +118,11 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
                 return pred.labels, None, None
             out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)
                              if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
-            if classifier is not None:
+            if classifier is not None:  # it scores the raw labels too, as OnnxModel.predict does
                 with torch.no_grad():
                     findings = model.class_embeddings()[1]
-                return pred.labels, out, cropped_levels(classifier, findings, case.t2, case.t1, case.grid(), ontology)
+                levels = cropped_levels(classifier, findings, case.t2, case.t1, case.grid(), ontology)
+                return pred.labels, pooled_probs(levels, pred.labels, ontology), levels
             return pred.labels, out, pred.finding_maps
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem

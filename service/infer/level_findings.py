@@ -98,11 +98,13 @@ def logit(p: float) -> float:
 
 def pooled_probs(finding_maps: LevelScorer | None, labels: np.ndarray, ontology: Ontology
                  ) -> dict[int, dict[str, float]]:
-    """Delivered label -> {finding key: probability} from the model's level scorer."""
+    """Label -> {finding key: probability} from the model's level scorer, for the findings of the
+    structure's site."""
     if finding_maps is None:
         return {}
-    keys = [f.key for f in ontology.findings]
-    return {label: {k: float(1.0 / (1.0 + np.exp(-v))) for k, v in zip(keys, logits, strict=True)}
+    kinds = {s.label: s.kind for s in ontology.structures}
+    return {label: {f.key: float(1.0 / (1.0 + np.exp(-v))) for f, v in zip(ontology.findings, logits, strict=True)
+                    if f.site == kinds.get(label)}
             for label, logits in finding_maps.pool(labels).items()}
 
 
