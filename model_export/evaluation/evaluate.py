@@ -110,19 +110,19 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         ontology = Ontology.from_dict(ckpt["ontology"])
         view = RunConfig.from_dict(ckpt["run"]).model.view()
         classifier = load_level_classifier(ckpt)
+        with torch.no_grad():
+            finding_embeddings = model.class_embeddings()[1] if classifier is not None else None
 
         def run_torch(case: Case):
             pred = predict_volume(model, case.t2, case.t1, view)
             probs = pred.finding_probs()
             if probs is None:
                 return pred.labels, None, None
+            if classifier is not None:  # it scores the raw labels too, as OnnxModel.predict does
+                levels = cropped_levels(classifier, finding_embeddings, case.t2, case.t1, case.grid(), ontology)
+                return pred.labels, pooled_probs(levels, pred.labels, ontology), levels
             out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)
                              if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
-            if classifier is not None:  # it scores the raw labels too, as OnnxModel.predict does
-                with torch.no_grad():
-                    findings = model.class_embeddings()[1]
-                levels = cropped_levels(classifier, findings, case.t2, case.t1, case.grid(), ontology)
-                return pred.labels, pooled_probs(levels, pred.labels, ontology), levels
             return pred.labels, out, pred.finding_maps
 
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
