@@ -110,16 +110,33 @@ def _generate_study(out_dir: Path, seed: int, small: bool) -> tuple[str, Path, d
     return truth.study_instance_uid, out_dir / "dicom", truth.positive_levels()
 
 
+def find_dcmtk(name: str) -> str | None:
+    """The first ``name`` on PATH that is dcmtk's, not pynetdicom's.
+
+    pynetdicom installs Python apps called storescp, storescu and echoscu, with other options, in the
+    environment's bin folder, which an activated virtual environment puts first on PATH.
+    """
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = shutil.which(name, path=folder) if folder else None
+        if path is None:
+            continue
+        with open(path, "rb") as f:
+            head = f.readline(256)
+        if not (head.startswith(b"#!") and b"python" in head):
+            return path
+    return None
+
+
 def _pacs_command(port: int, out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    storescp = shutil.which("storescp")
+    storescp = find_dcmtk("storescp")
     if storescp is None:
         raise ConfigError("dcmtk's storescp is missing (make demo installs dcmtk with apt-get)")
     return [storescp, "--aetitle", PACS_AE, "--output-directory", str(out_dir), "+xa", str(port)]
 
 
 def _send_study(dicom_dir: Path, port: int, log: Path) -> None:
-    storescu = shutil.which("storescu")
+    storescu = find_dcmtk("storescu")
     if storescu is None:
         raise ConfigError("dcmtk's storescu is missing (make demo installs dcmtk with apt-get)")
     cmd = [storescu, "-aet", SENDER_AE, "-aec", OUR_AE, "+sd", "+r", "127.0.0.1", str(port), str(dicom_dir)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from pathlib import Path
 
@@ -20,8 +19,13 @@ def free_port() -> int:
 
 
 def require_tool(name: str) -> str:
-    """Path of a Debian tool the test needs; skips with its name when absent (make test installs it)."""
-    path = shutil.which(name)
+    """Path of a Debian tool the test needs; skips with its name when absent (make test installs it).
+
+    dcmtk's tools are looked up past pynetdicom's same-named Python apps (service.demo.find_dcmtk).
+    """
+    from service.demo import find_dcmtk
+
+    path = find_dcmtk(name)
     if path is None:
         pytest.skip(f"{name} is not installed (make test installs it with apt-get)")
     return path

@@ -113,3 +113,18 @@ def test_ctrl_c_stops_what_the_demo_started_and_nothing_else(
         bystander.kill()
         if demo.poll() is None:
             demo.kill()
+
+
+def test_dcmtk_tools_are_found_past_pynetdicoms_python_apps_of_the_same_name(tmp_path, monkeypatch):
+    from service.demo import find_dcmtk
+
+    venv_bin, system_bin = tmp_path / "venv" / "bin", tmp_path / "usr" / "bin"
+    for folder, text in ((venv_bin, "#!/opt/venv/bin/python\nfrom pynetdicom.apps.storescp import main\n"),
+                         (system_bin, "\x7fELF dcmtk stand-in")):
+        folder.mkdir(parents=True)
+        (folder / "storescp").write_text(text)
+        (folder / "storescp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{venv_bin}:{system_bin}")
+    assert find_dcmtk("storescp") == str(system_bin / "storescp")
+    monkeypatch.setenv("PATH", str(venv_bin))
+    assert find_dcmtk("storescp") is None

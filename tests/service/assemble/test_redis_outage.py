@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -71,7 +70,7 @@ class RedisServer:
 
 def storescu(port: int, files: list[Path]) -> None:
     result = subprocess.run(
-        [shutil.which("storescu") or require_tool("storescu"), "-aec", "LUMBAR_AI", "127.0.0.1", str(port)]
+        [require_tool("storescu"), "-aec", "LUMBAR_AI", "127.0.0.1", str(port)]
         + [str(f) for f in files],
         capture_output=True,
         text=True,
