@@ -87,12 +87,16 @@ class CaseView:
 def load_predictor(path: Path, name: str | None = None) -> Predictor:
     path = Path(path)
     if path.is_dir() and (path / "model.json").is_file():
+        from service.infer.level_crops import CroppedLevels
+        from service.infer.level_findings import pooled_probs
         from service.infer.model import OnnxModel
 
         model = OnnxModel.load(path, intra_op_threads=2)
 
         def run_onnx(case: Case):
             pred = model.predict(case.t2, case.t1, case.pixel_spacing, grid=case.grid())
+            if isinstance(pred.finding_maps, CroppedLevels):  # score the raw labels with it too, as torch does
+                return pred.labels, pooled_probs(pred.finding_maps, pred.labels, model.ontology), pred.finding_maps
             return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
@@ -118,7 +122,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
             probs = pred.finding_probs()
             if probs is None:
                 return pred.labels, None, None
-            if classifier is not None:  # it scores the raw labels too, as OnnxModel.predict does
+            if classifier is not None:  # it scores the raw labels too, as run_onnx does
                 levels = cropped_levels(classifier, finding_embeddings, case.t2, case.t1, case.grid(), ontology)
                 return pred.labels, pooled_probs(levels, pred.labels, ontology), levels
             out = {s.label: {f.key: float(probs[s.label - 1, j]) for j, f in enumerate(ontology.findings)

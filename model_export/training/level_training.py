@@ -216,9 +216,9 @@ def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable
     the validation crops (0.5 without them) and combiners are dropped: both were set for the scores the
     classifier replaces. Returns what the CLI prints.
     """
-    from model_export.evaluation.metrics import best_f1_threshold
     from model_export.model.level_classifier import CHECKPOINT_KEY
     from model_export.model.network import LumbarSegmenter, load_checkpoint
+    from model_export.training.loop import tune_thresholds
 
     segmenter, ckpt = load_checkpoint(checkpoint)
     if not isinstance(segmenter, LumbarSegmenter):
@@ -242,10 +242,9 @@ def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable
     thresholds = {k: 0.5 for k in keys}
     if val is not None and len(val):
         probs = 1.0 / (1.0 + np.exp(-level_logits(classifier, val.crops[:, 0], finding_embeddings)))
-        for j, key in enumerate(keys):
-            stated = val.known[:, j]
-            if stated.any():
-                thresholds[key] = best_f1_threshold(probs[stated, j], val.targets[stated, j].astype(bool))
+        thresholds |= tune_thresholds({key: [(float(probs[i, j]), bool(val.targets[i, j]))
+                                             for i in np.flatnonzero(val.known[:, j])]
+                                       for j, key in enumerate(keys) if val.known[:, j].any()})
     final_auc = next((h["val_auc"] for h in reversed(history) if "val_auc" in h), None)
     ckpt[CHECKPOINT_KEY] = {
         "config": cfg.to_dict(),

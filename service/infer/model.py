@@ -31,7 +31,7 @@ from service.errors import InferenceError, ModelDirectoryError
 from service.infer.finding_maps import FindingMaps, pool_dilation_from_card
 from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_from_box, survey_slices
 from service.infer.level_crops import CroppedLevels, CropSpec, scored_labels
-from service.infer.level_findings import combiners_from_card, pooled_probs
+from service.infer.level_findings import combiners_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
 
@@ -244,9 +244,6 @@ class OnnxModel:
             FindingMaps(final.maps, box, self.finding_pool_dilation) if final.maps is not None else None)
         if self.level_crop is not None and grid is not None:
             finding_maps = self.cropped_levels(t2, t1, grid)
-            t0 = time.perf_counter()
-            finding_probs = pooled_probs(finding_maps, final.labels, self.ontology)  # per raw class, as before
-            timings["level_classifier_raw"] = time.perf_counter() - t0
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
                           timings=timings, box=box)
 
