@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-cases", type=int, default=None, help="read at most this many cases of each set")
+    parser.add_argument("--exclusive", choices=["auto", "none"], default="auto",
+                        help="auto: findings that never share a training level (each positive at 20 or more) "
+                             "are trained as rivals and the service reports at most one of them per level; "
+                             "none: every finding decides alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     report = add_level_classifier(args.checkpoint, train, val, args.out, args.steps, args.batch, args.variants,
                                   args.seed, progress=not args.no_progress,
                                   sources={"data_dir": str(args.data),
-                                           "val_dir": None if args.val is None else str(args.val)})
+                                           "val_dir": None if args.val is None else str(args.val)},
+                                  exclusive=args.exclusive == "auto")
     print(json.dumps(report, indent=1))
     return 0

@@ -13,6 +13,11 @@ On delivered probabilities it also fits a combiner per disc finding (``--combine
 default): the model's score together with the delivered disc's morphometry (evaluation/combiner_fit.py),
 kept only where its cross-validated AUC beats the model's score. ``--combine none`` leaves the model's
 scores alone.
+
+A checkpoint whose level classifier was trained with exclusive groups (findings that never share a
+training level) gets, for each group, the decision whether the worker reports only the member furthest
+over its threshold: kept in ``exclusive_findings`` where that raises the group's F1 on the delivered
+validation levels (evaluation/exclusive_fit.py).
 """
 
 from __future__ import annotations
@@ -41,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from model_export.data import load_cases
     from model_export.evaluation.combiner_fit import level_rows, score_pairs, select_combiner
     from model_export.evaluation.evaluate import load_predictor
+    from model_export.evaluation.exclusive_fit import select_exclusive
     from model_export.evaluation.finding_pooling import finding_pairs
+    from model_export.model.level_classifier import CHECKPOINT_KEY
     from model_export.training.loop import threshold_report, tune_thresholds
     from service.errors import ConfigError
+    from service.infer.level_findings import FindingCombiner
 
     torch.set_num_threads(2)
     if not args.checkpoint.is_file():
@@ -68,12 +76,19 @@ def run(args: argparse.Namespace) -> int:
     thresholds = tune_thresholds(pairs)
     ckpt = torch.load(str(args.checkpoint), map_location="cpu", weights_only=False)  # the copy to write
     report = threshold_report(pairs, thresholds)
+    candidates = ckpt.get(CHECKPOINT_KEY, {}).get("provenance", {}).get("exclusive_groups", [])
+    exclusive, exclusive_report = [], {}
+    if args.on == "delivered" and candidates:
+        exclusive, exclusive_report = select_exclusive(
+            candidates, rows, thresholds, {k: FindingCombiner.from_dict(k, d) for k, d in combiners.items()})
     ckpt["finding_thresholds"] = thresholds
     ckpt["finding_combiners"] = combiners
+    ckpt["exclusive_findings"] = exclusive
     ckpt.setdefault("provenance", {})["thresholds_tuned_on"] = {
         "data_dir": str(args.data), "cases": [c.name for c in cases], "probabilities": args.on,
-        "per_finding": report, "combiners": combined}
+        "per_finding": report, "combiners": combined, "exclusive": exclusive_report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, str(args.out))
-    print(json.dumps({"cases": len(cases), "per_finding": report, "combiners": combined}, indent=1))
+    print(json.dumps({"cases": len(cases), "per_finding": report, "combiners": combined,
+                      "exclusive": exclusive_report}, indent=1))
     return 0

@@ -265,6 +265,7 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "finding_thresholds": {f.key: float(ckpt.get("finding_thresholds", {}).get(f.key, 0.5))
                                for f in ontology.findings},
         "finding_combiners": dict(ckpt.get("finding_combiners", {})),
+        "exclusive_findings": [list(g) for g in ckpt.get("exclusive_findings", [])],
         **level_classifier_card(ckpt),
         "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
         "metrics": metrics or {},

@@ -42,6 +42,8 @@ class LevelRow:
     measurements: dict[str, float] | None
     actual: bool
     case: str = ""
+    label: int = 0
+    """The structure's label; with ``case`` it names the level the row belongs to."""
 
 
 def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
@@ -63,7 +65,7 @@ def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
             measured = None
             if level is not None and level.posterior_extent_mm is not None:
                 measured = {f: getattr(level, f) for f in FEATURES}
-            rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual), case.name)
+            rows += [LevelRow(key, float(learned.get(key, 0.0)), measured, bool(actual), case.name, label)
                      for key, actual in values.items()]
     return rows
 

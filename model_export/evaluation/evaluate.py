@@ -44,6 +44,8 @@ class Predictor:
     ontology: Ontology
     combiners: dict[str, Any] = field(default_factory=dict)
     """Disc finding combiners (service.infer.level_findings), applied to the delivered output only."""
+    exclusive: tuple[tuple[str, ...], ...] = ()
+    """Groups of findings of which a delivered level keeps at most one (the card's ``exclusive_findings``)."""
 
 
 @dataclass
@@ -100,7 +102,8 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
             return pred.labels, pred.finding_probs, pred.finding_maps
 
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
-                         model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners)
+                         model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners,
+                         model.exclusive_findings)
     if path.is_file():
         import torch
 
@@ -108,7 +111,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         from model_export.model.level_classifier import cropped_levels, load_level_classifier
         from model_export.model.network import load_checkpoint
         from model_export.model.predict import predict_volume
-        from service.infer.level_findings import combiners_from_card, pooled_probs
+        from service.infer.level_findings import combiners_from_card, exclusive_from_card, pooled_probs
 
         model, ckpt = load_checkpoint(path)
         ontology = Ontology.from_dict(ckpt["ontology"])
@@ -132,7 +135,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
         return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
                          dict(ckpt.get("finding_thresholds", {})), run_torch, ontology,
-                         combiners_from_card(ckpt))
+                         combiners_from_card(ckpt), exclusive_from_card(ckpt, ontology))
     raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
 
 
@@ -153,14 +156,12 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         if postprocessed:
             started = time.perf_counter()
             spine = delivered_levels(pred_labels, probs, maps, case, predictor.thresholds, ontology,
-                                     predictor.combiners)
+                                     predictor.combiners, predictor.exclusive)
             results[1].seconds_per_case.append(results[0].seconds_per_case[-1] + time.perf_counter() - started)
-            post_probs, level_thresholds = None, None
-            if probs is not None:  # a combined disc finding decides on its own probability and threshold
-                post_probs = {lv.label: {f.key: f.probability for f in lv.findings} for lv in spine.levels}
-                level_thresholds = {lv.label: {f.key: f.threshold for f in lv.findings} for lv in spine.levels}
-            _score_case(results[1], case, spine.labels, post_probs, predictor.thresholds, ontology,
-                        level_thresholds)
+            present = None
+            if probs is not None:  # decided as delivered: combiners' own thresholds, one per exclusive group
+                present = {lv.label: {f.key: f.present for f in lv.findings} for lv in spine.levels}
+            _score_case(results[1], case, spine.labels, None, predictor.thresholds, ontology, present)
     for result in results:
         if all(c.tp + c.fp + c.tn + c.fn == 0 for c in result.findings.values()):
             result.findings = {}
@@ -168,11 +169,12 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
 
 
 def delivered_levels(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
-                     thresholds: dict[str, float], ontology: Ontology, combiners: dict[str, Any] | None = None):
+                     thresholds: dict[str, float], ontology: Ontology, combiners: dict[str, Any] | None = None,
+                     exclusive: tuple[tuple[str, ...], ...] = ()):
     """The service's post-processing of one prediction (a SpineResult)."""
     from service.infer.postprocess import postprocess
 
-    return postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps, combiners)
+    return postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps, combiners, exclusive)
 
 
 def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
@@ -186,7 +188,9 @@ def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | No
 
 def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
                 probs: dict[int, dict[str, float]] | None, thresholds: dict[str, float], ontology: Ontology,
-                level_thresholds: dict[int, dict[str, float]] | None = None) -> None:
+                present: dict[int, dict[str, bool]] | None = None) -> None:
+    """Overlap scores, and finding decisions: ``probs`` against ``thresholds``, or where the delivered output
+    decided already, its ``present`` flags per level."""
     labels = [s.label for s in ontology.structures]
     kinds = kind_of_label(ontology)
     stated = [x for x in labels if x in case.labelled]
@@ -201,11 +205,15 @@ def _score_case(result: ModelResult, case: Case, pred_labels: np.ndarray,
     result.case_kind_miou.append(float(np.mean([iou for _, iou in kind_scores.values()])) if kind_scores else 0.0)
     for label, pair in scores.items():
         result.per_structure.setdefault(label, []).append(pair)
+    if present is not None:
+        flags = {label: {k: float(v) for k, v in values.items()} for label, values in present.items()}
+        for _, key, decided, actual in finding_decisions(case, pred_labels, flags):
+            result.findings[key].add(decided > 0.5, actual)
+        return
     if probs is None:
         return
-    for label, key, p, actual in finding_decisions(case, pred_labels, probs):
-        threshold = (level_thresholds or {}).get(label, {}).get(key, thresholds.get(key, 0.5))
-        result.findings[key].add(p >= threshold, actual)
+    for _, key, p, actual in finding_decisions(case, pred_labels, probs):
+        result.findings[key].add(p >= thresholds.get(key, 0.5), actual)
 
 
 def finding_decisions(case: Case, pred_labels: np.ndarray, probs: dict[int, dict[str, float]]

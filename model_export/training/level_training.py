@@ -38,6 +38,10 @@ SCALE_RANGE = (0.9, 1.1)
 CENTRE_SD_MM = 2.0
 SEQUENCE_DROPOUT = 0.15
 """Chance per level of zeroing T1, and again of zeroing T2."""
+MIN_EXCLUSIVE_POSITIVES = 20
+"""Positive levels each finding needs before never sharing a level counts as a rule, not a chance."""
+GROUP_LOSS_WEIGHT = 0.5
+"""Weight of the softmax cross-entropy over each exclusive group, beside the per-finding BCE."""
 
 
 @dataclass
@@ -98,6 +102,55 @@ def level_samples(loaders: list[tuple[str, Callable[[], Case]]], ontology: Ontol
                         np.stack(known) if known else np.zeros((0, f), bool), names)
 
 
+def exclusive_groups(samples: LevelSamples, keys: list[str], min_positives: int = MIN_EXCLUSIVE_POSITIVES
+                     ) -> list[list[str]]:
+    """Findings that never share a level in the training labels, as groups (key order, greedy).
+
+    In the generated studies a disc is bulging, protruding or extruded, never two of them at once: the
+    usual report names one contour per disc. A hospital's labels may differ, so the rule is read off the
+    training data rather than assumed: two findings are exclusive when both are stated at the same
+    levels often enough, each is positive at ``min_positives`` levels or more, and no level has both.
+    """
+    positive = samples.targets.astype(bool) & samples.known
+    both_known = samples.known.T.astype(int) @ samples.known.astype(int)
+    together = positive.T.astype(int) @ positive.astype(int)
+    enough = positive.sum(axis=0) >= min_positives
+    n = len(keys)
+
+    def exclusive(i: int, j: int) -> bool:
+        return bool(enough[i] and enough[j] and both_known[i, j] >= min_positives and together[i, j] == 0)
+
+    groups: list[list[int]] = []
+    for i in range(n):
+        home = next((g for g in groups if all(exclusive(i, j) for j in g)), None)
+        if home is not None:
+            home.append(i)
+        elif any(exclusive(i, j) for j in range(n)):
+            groups.append([i])
+    return [[keys[i] for i in g] for g in groups if len(g) > 1]
+
+
+def group_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, groups: list[list[int]]
+               ) -> torch.Tensor:
+    """Softmax cross-entropy over [none, members] of each exclusive group, on levels that state all members.
+
+    The per-finding BCE never compares a protrusion's logit with the extrusion's at the same level; this
+    does, with "none" at logit 0, the sigmoid's own reference point.
+    """
+    total, count = logits.new_zeros(()), 0
+    for members in groups:
+        stated = known[:, members].all(dim=1)
+        if not stated.any():
+            continue
+        member_logits = logits[stated][:, members]
+        scores = torch.cat([member_logits.new_zeros(len(member_logits), 1), member_logits], dim=1)
+        member_targets = targets[stated][:, members]
+        which = torch.where(member_targets.any(dim=1), member_targets.argmax(dim=1) + 1, 0)
+        total = total + F.cross_entropy(scores, which, reduction="sum")
+        count += len(scores)
+    return total / max(count, 1)
+
+
 def augment_batch(crops: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     """(B, slices, 2, H, W) float16 -> float32 with the per-step augmentations."""
     x = torch.from_numpy(crops.astype(np.float32))
@@ -139,9 +192,11 @@ def validation_auc(model: LevelClassifier, samples: LevelSamples, finding_embedd
 
 def train_level_classifier(train: LevelSamples, val: LevelSamples | None, finding_embeddings: torch.Tensor,
                            cfg: LevelClassifierConfig, keys: list[str], steps: int, batch: int = 32,
-                           lr: float = 2e-3, seed: int = 0, validate_every: int = 500, progress: bool = True
+                           lr: float = 2e-3, seed: int = 0, validate_every: int = 500, progress: bool = True,
+                           groups: list[list[str]] | None = None, group_weight: float = GROUP_LOSS_WEIGHT
                            ) -> tuple[LevelClassifier, list[dict[str, Any]]]:
-    """One-cycle AdamW on the weighted, partial-label BCE; history rows for the curves."""
+    """One-cycle AdamW on the weighted, partial-label BCE, plus ``group_weight`` times the group loss over
+    ``groups`` of exclusive findings; history rows for the curves."""
     if len(train) == 0:
         raise ValueError("no training level states a finding")
     torch.manual_seed(seed)
@@ -152,6 +207,7 @@ def train_level_classifier(train: LevelSamples, val: LevelSamples | None, findin
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     targets, known = torch.from_numpy(train.targets), torch.from_numpy(train.known).float()
     weights = positive_weights(train)
+    group_index = [[keys.index(k) for k in g] for g in groups or []]
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = tqdm(range(steps), desc="level classifier", unit="step", disable=not progress)
@@ -161,6 +217,8 @@ def train_level_classifier(train: LevelSamples, val: LevelSamples | None, findin
         logits = model(augment_batch(train.crops[idx, variant], rng), finding_embeddings)
         per_finding = F.binary_cross_entropy_with_logits(logits, targets[idx], pos_weight=weights, reduction="none")
         loss = (per_finding * known[idx]).sum() / known[idx].sum().clamp(min=1.0)
+        if group_index and group_weight > 0:
+            loss = loss + group_weight * group_loss(logits, targets[idx], known[idx].bool(), group_index)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -209,12 +267,14 @@ def plot_level_curves(history: list[dict[str, Any]], path: Any, title: str = "")
 def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable[[], Case]]],
                          val_cases: list[tuple[str, Callable[[], Case]]] | None, out: Path, steps: int,
                          batch: int = 32, variants: int = 2, seed: int = 0, progress: bool = True,
-                         sources: dict[str, Any] | None = None) -> dict[str, Any]:
+                         sources: dict[str, Any] | None = None, exclusive: bool = True) -> dict[str, Any]:
     """Train a level classifier for ``checkpoint`` and write the copy holding both to ``out``.
 
     Next to ``out``: ``<stem>_curves.png`` and ``<stem>_history.json``. Thresholds are the best-F1 ones on
     the validation crops (0.5 without them) and combiners are dropped: both were set for the scores the
-    classifier replaces. Returns what the CLI prints.
+    classifier replaces. With ``exclusive``, findings that never share a training level are trained with
+    the group loss and recorded as candidates (``provenance.exclusive_groups``); ``tune-thresholds`` then
+    declares for the service those where reporting one per level helps. Returns what the CLI prints.
     """
     from model_export.model.level_classifier import CHECKPOINT_KEY
     from model_export.model.network import LumbarSegmenter, load_checkpoint
@@ -233,12 +293,13 @@ def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable
     train = level_samples(train_cases, ontology, cfg.crop, variants, seed, progress, "training crops")
     if len(train) == 0:
         raise ConfigError("no training level states a finding: nothing to train the level classifier on")
+    groups = exclusive_groups(train, keys) if exclusive else []
     val = None
     if val_cases:
         val = level_samples(val_cases, ontology, cfg.crop, 0, seed + 1, progress, "validation crops")
     crops_s = time.perf_counter() - started
     classifier, history = train_level_classifier(train, val, finding_embeddings, cfg, keys, steps, batch,
-                                                 seed=seed, progress=progress)
+                                                 seed=seed, progress=progress, groups=groups)
     thresholds = {k: 0.5 for k in keys}
     if val is not None and len(val):
         probs = 1.0 / (1.0 + np.exp(-level_logits(classifier, val.crops[:, 0], finding_embeddings)))
@@ -251,12 +312,14 @@ def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable
         "state": classifier.state_dict(),
         "provenance": {**(sources or {}), "cases": len(train_cases), "levels": len(train), "variants": variants,
                        "steps": steps, "batch": batch, "seed": seed,
+                       "exclusive_groups": groups, "group_loss_weight": GROUP_LOSS_WEIGHT if groups else 0.0,
                        "val_cases": len(val_cases or []), "val_levels": 0 if val is None else len(val),
                        "val_auc_true_centres": final_auc, "crop_seconds": round(crops_s, 1),
                        "train_seconds": round(history[-1]["seconds"], 1)},
     }
     ckpt["finding_thresholds"] = thresholds
     ckpt["finding_combiners"] = {}
+    ckpt["exclusive_findings"] = []  # tune-thresholds keeps the groups where the rule helps
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, str(out))
@@ -264,4 +327,4 @@ def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable
     plot_level_curves(history, curves, f"level classifier on {len(train)} levels (synthetic data)")
     out.with_name(out.stem + "_history.json").write_text(json.dumps(history))
     return {"out": str(out), "curves": str(curves), "levels": len(train), "val_levels": 0 if val is None else len(val),
-            "val_auc_true_centres": final_auc, "thresholds": thresholds}
+            "val_auc_true_centres": final_auc, "thresholds": thresholds, "exclusive_groups": groups}

@@ -8,13 +8,15 @@ it (finding_maps.py), or without either from the model's per-class probabilities
 logistic model over both, fitted on validation studies by ``lumbar-ai tune-thresholds`` and shipped in
 the model card under ``finding_combiners``, turns them into one probability with its own threshold. A
 model card without combiners, or a disc that could not be measured, keeps the model's score and the
-card's threshold.
+card's threshold. Findings the card declares exclusive (``exclusive_findings``) are then settled: of each
+group, at most the one furthest over its threshold stays present at a level.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,9 +110,21 @@ def pooled_probs(finding_maps: LevelScorer | None, labels: np.ndarray, ontology:
             for label, logits in finding_maps.pool(labels).items()}
 
 
+def exclusive_from_card(card: dict[str, Any], ontology: Ontology) -> tuple[tuple[str, ...], ...]:
+    """The card's ``exclusive_findings``: groups of finding keys of which a level shows at most one."""
+    groups = card.get("exclusive_findings", [])
+    keys = {f.key for f in ontology.findings}
+    if not isinstance(groups, list) or not all(
+            isinstance(g, list) and len(g) > 1 and all(isinstance(k, str) and k in keys for k in g) for g in groups):
+        raise ModelDirectoryError("exclusive_findings must be a list of groups of two or more finding keys of "
+                                  f"the card's ontology, got {groups!r}")
+    return tuple(tuple(g) for g in groups)
+
+
 def level_findings(structure: Structure, probs: dict[str, float], ontology: Ontology,
                    thresholds: dict[str, float], combiners: dict[str, FindingCombiner] | None = None,
-                   measurements: dict[str, float] | None = None) -> tuple[FindingResult, ...]:
+                   measurements: dict[str, float] | None = None,
+                   exclusive: tuple[tuple[str, ...], ...] = ()) -> tuple[FindingResult, ...]:
     if structure.kind not in ("disc", "vertebra"):
         return ()
     out = []
@@ -123,4 +137,25 @@ def level_findings(structure: Structure, probs: dict[str, float], ontology: Onto
         if combiner is not None and measurements is not None:
             p, threshold = combiner.probability(p, measurements), combiner.threshold
         out.append(FindingResult(finding.key, finding.name, round(p, 4), threshold, p >= threshold))
+    return one_per_group(tuple(out), exclusive)
+
+
+def one_per_group(results: tuple[FindingResult, ...], groups: Sequence[Sequence[str]] = ()
+                  ) -> tuple[FindingResult, ...]:
+    """At most one finding of each exclusive group present at a level: the one furthest over its own
+    threshold, measured in logits so that thresholds far apart compare fairly. The others stay in the
+    report with their probabilities, marked absent.
+
+    The groups come from the model card's ``exclusive_findings``: findings that never shared a level in
+    the training labels (for generated studies, disc bulging, protrusion and extrusion).
+    """
+    out = list(results)
+    for group in groups:
+        present = [i for i, r in enumerate(out) if r.key in group and r.present]
+        if len(present) < 2:
+            continue
+        keep = max(present, key=lambda i: logit(out[i].probability) - logit(out[i].threshold))
+        for i in present:
+            if i != keep:
+                out[i] = replace(out[i], present=False)
     return tuple(out)

@@ -31,7 +31,7 @@ from service.errors import InferenceError, ModelDirectoryError
 from service.infer.finding_maps import FindingMaps, pool_dilation_from_card
 from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_from_box, survey_slices
 from service.infer.level_crops import CroppedLevels, CropSpec, scored_labels
-from service.infer.level_findings import combiners_from_card
+from service.infer.level_findings import combiners_from_card, exclusive_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.ontology import Ontology
 
@@ -188,6 +188,7 @@ class OnnxModel:
         self.normalisation = card["input"].get("intensity_normalisation", DEFAULT_NORMALISATION)
         self.finding_thresholds = dict(card.get("finding_thresholds", {}))
         self.finding_combiners = combiners_from_card(card)
+        self.exclusive_findings = exclusive_from_card(card, self.ontology)
         self.finding_pool_dilation = pool_dilation_from_card(card)
         self.level_crop = level_crop_from_card(card)
 

@@ -141,6 +141,7 @@ def postprocess(
     grid: Grid,
     finding_maps: LevelScorer | None = None,
     finding_combiners: dict[str, FindingCombiner] | None = None,
+    exclusive_findings: tuple[tuple[str, ...], ...] = (),
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
     voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
@@ -181,7 +182,7 @@ def postprocess(
                 centroid_mm=tuple(round(float(v), 2) for v in comp.centroid_mm),  # type: ignore[arg-type]
                 disc_height_mm=None if height is None else round(height, 2),
                 findings=level_findings(structure, pooled.get(structure.label, finding_probs.get(comp.raw_label, {})),
-                                        ontology, thresholds, finding_combiners, measurements),
+                                        ontology, thresholds, finding_combiners, measurements, exclusive_findings),
                 **(measurements or {}),
             )
         )

@@ -45,6 +45,7 @@ class Model(Protocol):
     ontology: Ontology
     finding_thresholds: dict[str, float]
     finding_combiners: dict[str, Any]
+    exclusive_findings: tuple[tuple[str, ...], ...]
 
     def predict(self, t2: np.ndarray | None, t1: np.ndarray | None, pixel_spacing: tuple[float, float],
                 slice_batch: int = 8, grid: Any = None) -> Any: ...
@@ -114,7 +115,7 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
 
     t0 = time.perf_counter()
     result = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
-                         reference, prediction.finding_maps, model.finding_combiners)
+                         reference, prediction.finding_maps, model.finding_combiners, model.exclusive_findings)
     timings["postprocess"] = time.perf_counter() - t0
     if not result.levels:
         raise NoStructureFoundError(f"no spinal structure found in series {reference.series_uid}")

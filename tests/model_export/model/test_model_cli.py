@@ -170,6 +170,7 @@ def test_train_levels_cli_adds_a_level_classifier_that_tune_evaluate_and_export_
     segmenter, ckpt = load_checkpoint(levels)
     classifier = load_level_classifier(ckpt)
     assert classifier is not None and ckpt["finding_combiners"] == {}
+    assert ckpt["exclusive_findings"] == [] and report["exclusive_groups"] == []  # too few positives to find any
     # the segmenter is carried unchanged
     original = torch.load(str(trained_runs["text_guided"]), map_location="cpu", weights_only=False)
     assert all(torch.equal(original["model"][k], v) for k, v in ckpt["model"].items())
@@ -186,6 +187,7 @@ def test_train_levels_cli_adds_a_level_classifier_that_tune_evaluate_and_export_
     assert card["level_classifier"]["crop"] == classifier.cfg.crop.to_dict()
     assert "synthetic" in card["level_classifier"]["trained_on"]["statement"]
     assert card["export_parity"]["onnxruntime_vs_torch"]["level_classifier.onnx"]["logits"] < 2e-3
+    assert card["exclusive_findings"] == ckpt["exclusive_findings"]
 
     # the worker's ONNX path scores the same levels as torch does, through the same crops
     study = read_generated_study(study_dir)

@@ -151,6 +151,32 @@ def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_the
     assert OnnxModel.load(model_dir).finding_combiners["disc_protrusion"].threshold == 0.6
 
 
+def test_card_carries_the_exclusive_findings_and_the_service_refuses_a_malformed_group(tiny_checkpoint,
+                                                                                       tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from model_export.export import build_card
+    from service.errors import ModelDirectoryError
+
+    contour = [["disc_bulging", "disc_protrusion", "disc_extrusion"]]
+    ckpt = torch.load(str(tiny_checkpoint), map_location="cpu", weights_only=False)
+    assert build_card(ckpt, {}, {}, "tiny", "0.1.0", None)["exclusive_findings"] == []  # before train-levels
+    ckpt["exclusive_findings"] = contour
+    assert build_card(ckpt, {}, {}, "tiny", "0.1.0", None)["exclusive_findings"] == contour
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / "model.json").read_text())
+    card["exclusive_findings"] = contour
+    (model_dir / "model.json").write_text(json.dumps(card))
+    assert OnnxModel.load(model_dir).exclusive_findings == (("disc_bulging", "disc_protrusion", "disc_extrusion"),)
+    card["exclusive_findings"] = [["disc_bulging", "disc_herniation"]]
+    (model_dir / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelDirectoryError, match="exclusive_findings"):
+        OnnxModel.load(model_dir)
+
+
 def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_slice(
         tiny_cases, tiny_generated_study, tmp_path, monkeypatch):
     """Also a model with a convolutional finding branch whose pooling widens each mask: the card carries

@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 from model_export.model.level_classifier import LevelClassifier, LevelClassifierConfig  # noqa: E402
 from model_export.training.level_training import (  # noqa: E402
     LevelSamples,
+    exclusive_groups,
+    group_loss,
     level_logits,
     positive_weights,
     train_level_classifier,
@@ -82,3 +84,41 @@ def test_a_classifier_saved_before_the_text_projection_loads_without_one():
     LevelClassifier(LevelClassifierConfig.from_dict(old)).load_state_dict(before.state_dict())
     now = LevelClassifier(SMALL)  # the map starts as the identity: the embeddings score as they are
     assert torch.equal(now.text_project(torch.eye(16)), torch.eye(16))
+
+
+def _stated(targets: list[list[int]], repeat: int) -> LevelSamples:
+    """Levels stating all findings, each row of ``targets`` repeated."""
+    t = np.repeat(np.array(targets, np.float32), repeat, axis=0)
+    return LevelSamples(np.zeros((len(t), 1, 1, 2, 2, 2), np.float16), t, np.ones(t.shape, bool), ["case"] * len(t))
+
+
+def test_findings_that_never_share_a_level_form_an_exclusive_group():
+    # bulging, protrusion, extrusion one at a time; a node now and then beside a protrusion
+    samples = _stated([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]], 25)
+    keys = ["bulging", "protrusion", "extrusion", "node"]
+    assert exclusive_groups(samples, keys) == [["bulging", "protrusion", "extrusion"]]
+
+
+def test_rare_or_unstated_findings_are_never_grouped():
+    samples = _stated([[1, 0, 0], [0, 1, 0], [0, 0, 0]], 10)
+    samples.targets[:5, 2] = 1.0  # extrusion at 5 bulging levels: together, so not exclusive anyway
+    assert exclusive_groups(samples, ["bulging", "protrusion", "extrusion"], min_positives=20) == []
+    assert exclusive_groups(samples, ["bulging", "protrusion", "extrusion"], min_positives=10) == [
+        ["bulging", "protrusion"]]
+    samples.known[:, 1] = False  # protrusion never stated: no evidence either way
+    assert exclusive_groups(samples, ["bulging", "protrusion", "extrusion"], min_positives=10) == []
+
+
+def test_the_group_loss_rewards_the_stated_member_over_its_rivals():
+    targets = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    known = torch.ones(2, 4, dtype=torch.bool)
+    right = torch.tensor([[-3.0, 3.0, -3.0, 0.0], [-3.0, -3.0, -3.0, 0.0]])
+    rival = torch.tensor([[-3.0, 3.0, 3.0, 0.0], [-3.0, -3.0, -3.0, 0.0]])  # extrusion as sure as protrusion
+    assert group_loss(right, targets, known, [[0, 1, 2]]) < 0.1
+    assert group_loss(rival, targets, known, [[0, 1, 2]]) > 0.3
+    # the node (index 3) is outside the group: its logit changes nothing
+    assert group_loss(right, targets, known, [[0, 1, 2]]) == group_loss(right + torch.tensor([0, 0, 0, 9.0]),
+                                                                         targets, known, [[0, 1, 2]])
+    unstated = known.clone()
+    unstated[:, 2] = False  # a level that does not state every member is left out
+    assert group_loss(rival, targets, unstated, [[0, 1, 2]]) == 0.0

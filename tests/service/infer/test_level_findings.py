@@ -8,7 +8,15 @@ import math
 import pytest
 
 from service.errors import ModelDirectoryError
-from service.infer.level_findings import LEARNED, FindingCombiner, combiners_from_card, level_findings, logit
+from service.infer.level_findings import (
+    LEARNED,
+    FindingCombiner,
+    FindingResult,
+    combiners_from_card,
+    level_findings,
+    logit,
+    one_per_group,
+)
 from service.ontology import DEFAULT_ONTOLOGY as ONT
 
 DISC = ONT.by_level("L4/L5", "disc")
@@ -61,3 +69,24 @@ def test_a_malformed_combiner_is_a_model_directory_error_naming_the_finding(brok
 def test_combiner_round_trips_through_the_card():
     combiner = FindingCombiner.from_dict("disc_protrusion", PROTRUSION)
     assert FindingCombiner.from_dict("disc_protrusion", combiner.to_dict()) == combiner
+
+
+CONTOUR = [["disc_bulging", "disc_protrusion", "disc_extrusion"]]
+
+
+def test_one_finding_of_an_exclusive_group_stays_the_one_furthest_over_its_threshold():
+    results = (FindingResult("disc_bulging", "bulging", 0.6, 0.5, True),
+               FindingResult("disc_protrusion", "protrusion", 0.5, 0.2, True),  # furthest over, in logits
+               FindingResult("disc_extrusion", "extrusion", 0.9, 0.8, True),
+               FindingResult("schmorl_node", "node", 0.7, 0.5, True))
+    kept = {r.key: r for r in one_per_group(results, CONTOUR)}
+    assert [k for k, r in kept.items() if r.present] == ["disc_protrusion", "schmorl_node"]
+    assert kept["disc_extrusion"].probability == 0.9  # still reported, only marked absent
+
+
+def test_without_groups_or_rivals_every_decision_stands():
+    results = (FindingResult("disc_bulging", "bulging", 0.6, 0.5, True),
+               FindingResult("disc_protrusion", "protrusion", 0.1, 0.2, False))
+    assert one_per_group(results, CONTOUR) == results
+    two = results[:1] + (FindingResult("disc_protrusion", "protrusion", 0.9, 0.2, True),)
+    assert one_per_group(two, []) == two

@@ -161,6 +161,15 @@ def test_findings_use_card_thresholds_and_only_the_findings_of_the_site():
     assert result.level(ONT.by_level("S1", "sacrum").label).findings == ()
 
 
+def test_a_delivered_disc_keeps_one_finding_of_an_exclusive_group():
+    disc = ONT.by_level("L4/L5", "disc").label
+    probs = {disc: {"disc_bulging": 0.7, "disc_protrusion": 0.9, "disc_extrusion": 0.6, "schmorl_node": 0.8}}
+    contour = (("disc_bulging", "disc_protrusion", "disc_extrusion"),)
+    result = postprocess(spine(CANONICAL), probs, ONT, {}, grid(), exclusive_findings=contour)
+    present = [f.key for f in result.level(disc).findings if f.present]
+    assert present == ["disc_protrusion", "schmorl_node"]
+
+
 def test_empty_prediction_gives_no_levels():
     result = postprocess(np.zeros((SLICES, ROWS, COLS), np.uint8), {}, ONT, {}, grid())
     assert result.levels == [] and result.changes == [] and not result.labels.any()
