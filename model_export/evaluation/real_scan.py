@@ -114,6 +114,8 @@ def overlay_real_scan(model_dir: Path, image_path: Path, out_png: Path) -> dict[
                **anatomical_order(prediction.labels, model.ontology),
                "post_processed": anatomical_order(delivered.labels, model.ontology),
                "finding_probs": {model.ontology.by_label(k).name: v for k, v in prediction.finding_probs.items()},
+               "findings_delivered": {lv.name: {f.key: f.probability for f in lv.findings if f.present}
+                                      for lv in delivered.levels if any(f.present for f in lv.findings)},
                "timings_s": prediction.timings,
                "band_box": prediction.box.to_dict() if prediction.box and model.view.has_band else None}
     out_png.with_suffix(".json").write_text(json.dumps(summary, indent=2))
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG path (a .json summary is written beside it)")
     args = parser.parse_args(argv)
     summary = overlay_real_scan(args.model_dir, args.image, args.out)
-    print(json.dumps({k: summary[k] for k in ("shape", "cranial_to_caudal", "out_of_order_pairs", "post_processed")},
+    print(json.dumps({k: summary[k] for k in ("shape", "cranial_to_caudal", "out_of_order_pairs", "post_processed",
+                                            "findings_delivered")},
                      indent=1))
     return 0
 

@@ -247,7 +247,7 @@ def plot_level_curves(history: list[dict[str, Any]], path: Any, title: str = "")
     width = max(1, len(history) // 50)
     ax_loss.plot([h["step"] for h in history], moving_mean([h["loss"] for h in history], width))
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel(f"weighted BCE (moving mean of {width})")
+    ax_loss.set_ylabel(f"weighted BCE + group loss (moving mean of {width})")
     rows = [h for h in history if "val_auc" in h]
     for key in rows[0]["val_auc"] if rows else []:
         points = [(h["step"], h["val_auc"][key]) for h in rows if h["val_auc"][key] is not None]
