@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cases", type=int, default=None, help="read at most this many cases of each set")
     parser.add_argument("--exclusive", choices=["auto", "none"], default="auto",
                         help="auto: findings that never share a training level (each positive at 20 or more) "
-                             "are trained as rivals and the service reports at most one of them per level; "
-                             "none: every finding decides alone")
+                             "are trained as rivals, and tune-thresholds decides whether the worker reports "
+                             "at most one of them per level; none: every finding trains alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

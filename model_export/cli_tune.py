@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     exclusive, exclusive_report = [], {}
     if args.on == "delivered" and candidates:
         exclusive, exclusive_report = select_exclusive(
-            candidates, rows, thresholds, {k: FindingCombiner.from_dict(k, d) for k, d in combiners.items()})
+            candidates, rows, thresholds, {k: FindingCombiner.from_dict(k, d) for k, d in combiners.items()},
+            predictor.ontology)
     ckpt["finding_thresholds"] = thresholds
     ckpt["finding_combiners"] = combiners
     ckpt["exclusive_findings"] = exclusive

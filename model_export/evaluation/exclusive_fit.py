@@ -16,7 +16,8 @@ from typing import Any
 
 from model_export.evaluation.combiner_fit import LevelRow
 from model_export.evaluation.metrics import Counts
-from service.infer.level_findings import FindingCombiner, FindingResult, one_per_group
+from service.infer.level_findings import FindingCombiner, level_findings
+from service.ontology import Ontology
 
 
 def _f1(counts: Counts) -> float:
@@ -24,34 +25,30 @@ def _f1(counts: Counts) -> float:
 
 
 def group_counts(group: list[str], rows: list[LevelRow], thresholds: dict[str, float],
-                 combiners: dict[str, FindingCombiner], rule: bool) -> Counts:
-    """The group's counts over every level of ``rows``, decided as the service decides them."""
+                 combiners: dict[str, FindingCombiner], ontology: Ontology, rule: bool) -> Counts:
+    """The group's counts over every level of ``rows``, decided by the service's own ``level_findings``."""
     levels: dict[tuple[str, int], list[LevelRow]] = defaultdict(list)
     for row in rows:
         if row.finding in group:
             levels[(row.case, row.label)].append(row)
     counts = Counts()
-    for members in levels.values():
-        results = []
-        for row in members:
-            p, threshold = row.learned, thresholds.get(row.finding, 0.5)
-            combiner = combiners.get(row.finding)
-            if combiner is not None and row.measurements is not None:
-                p, threshold = combiner.probability(p, row.measurements), combiner.threshold
-            results.append(FindingResult(row.finding, row.finding, p, threshold, p >= threshold))
-        decided = one_per_group(tuple(results), [group]) if rule else tuple(results)
-        for result, row in zip(decided, members, strict=True):
-            counts.add(result.present, row.actual)
+    for (_, label), members in levels.items():
+        actual = {row.finding: row.actual for row in members}
+        decided = level_findings(ontology.by_label(label), {row.finding: row.learned for row in members}, ontology,
+                                 thresholds, combiners, members[0].measurements, (tuple(group),) if rule else ())
+        for result in decided:
+            counts.add(result.present, actual[result.key])
     return counts
 
 
 def select_exclusive(groups: list[list[str]], rows: list[LevelRow], thresholds: dict[str, float],
-                     combiners: dict[str, FindingCombiner]) -> tuple[list[list[str]], dict[str, Any]]:
+                     combiners: dict[str, FindingCombiner], ontology: Ontology
+                     ) -> tuple[list[list[str]], dict[str, Any]]:
     """The groups whose one-per-level rule raises their F1 on ``rows``, and the figures of every group."""
     kept, report = [], {}
     for group in groups:
-        without = group_counts(group, rows, thresholds, combiners, rule=False)
-        with_rule = group_counts(group, rows, thresholds, combiners, rule=True)
+        without = group_counts(group, rows, thresholds, combiners, ontology, rule=False)
+        with_rule = group_counts(group, rows, thresholds, combiners, ontology, rule=True)
         keep = _f1(with_rule) > _f1(without)
         report[" / ".join(group)] = {"without_rule": {**without.rates(), "f1": round(_f1(without), 4)},
                                      "with_rule": {**with_rule.rates(), "f1": round(_f1(with_rule), 4)},
