@@ -6,7 +6,8 @@ export and at different batch, height, width and class counts (max abs differenc
 tolerance); and the service's ONNX-only ``OnnxModel.predict`` against torch ``predict_volume`` on a
 generated study (share of identical voxels of the label map). A checkpoint with a level classifier
 (``lumbar-ai train-levels``) also gets ``level_classifier.onnx``, checked the same way, and a
-``level_classifier`` section in the card.
+``level_classifier`` section in the card; one with an outline refiner (``lumbar-ai train-outlines``)
+gets ``outline_refiner.onnx`` and an ``outline_refiner`` section.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from torch import nn
 from model_export.configs import RunConfig
 from model_export.model.level_classifier import CHECKPOINT_KEY, LevelClassifier, load_level_classifier
 from model_export.model.network import FusionExport, LumbarSegmenter, load_checkpoint
+from model_export.model.outline_refiner import CHECKPOINT_KEY as REFINER_KEY
+from model_export.model.outline_refiner import OutlineRefinerNet, load_outline_refiner
 from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
 from service.errors import ModelExportError
-from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OnnxModel
+from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OUTLINE_REFINER_FILE, OnnxModel
+from service.infer.outline_crops import INPUT_CHANNELS
 from service.ontology import Ontology
 
 log = logging.getLogger(__name__)
@@ -184,6 +188,21 @@ def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor,
     return {"logits": max(diffs)}
 
 
+def export_outline_refiner(net: OutlineRefinerNet, out_dir: Path) -> dict[str, Any]:
+    """Write outline_refiner.onnx and compare it with torch at two crop counts."""
+    torch.manual_seed(2)
+    pixels = net.cfg.crop.pixels
+    inputs = torch.rand(3, INPUT_CHANNELS, pixels, pixels)
+    path = out_dir / OUTLINE_REFINER_FILE
+    _export(net, (inputs,), path, ["inputs"], ["logits"], {"inputs": {0: "crops"}, "logits": {0: "crops"}})
+    _check_graph(path)
+    variants = [(inputs,), (torch.rand(7, INPUT_CHANNELS, pixels, pixels),)]
+    diffs = [_max_diff(net, path, ["inputs"], args, ["logits"])["logits"] for args in variants]
+    if max(diffs) > TOLERANCE:
+        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > {TOLERANCE}")
+    return {"logits": max(diffs)}
+
+
 def _tokenizer(model: LumbarSegmenter):
     from tokenizers import Tokenizer
 
@@ -267,6 +286,7 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "finding_combiners": dict(ckpt.get("finding_combiners", {})),
         "exclusive_findings": [list(g) for g in ckpt.get("exclusive_findings", [])],
         **level_classifier_card(ckpt),
+        **outline_refiner_card(ckpt),
         "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
         "metrics": metrics or {},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
@@ -290,6 +310,20 @@ def level_classifier_card(ckpt: dict[str, Any]) -> dict[str, Any]:
         "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
 
 
+def outline_refiner_card(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``outline_refiner`` section, or nothing for a checkpoint without one."""
+    entry = ckpt.get(REFINER_KEY)
+    if entry is None:
+        return {}
+    return {"outline_refiner": {
+        "graph": OUTLINE_REFINER_FILE, "crop": entry["config"]["crop"],
+        "description": "each delivered disc and vertebra redrawn slice by slice from a crop around its box "
+                       "(columns posterior, rows inferior): T2, T1, its delivered mask and the other "
+                       "structures' mask in, its mask logits out; the most confident structure over 0.5 takes "
+                       "a pixel (service.infer.outline_crops)",
+        "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
+
+
 def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, version: str = "0.1.0",
                  parity_study: Any = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write and check a model directory; returns the model card."""
@@ -307,6 +341,10 @@ def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, versi
         with torch.no_grad():
             parity[LEVEL_CLASSIFIER_FILE] = export_level_classifier(
                 classifier, model.class_embeddings()[1].detach(), out_dir)
+    refiner = load_outline_refiner(ckpt)
+    (out_dir / OUTLINE_REFINER_FILE).unlink(missing_ok=True)
+    if refiner is not None:
+        parity[OUTLINE_REFINER_FILE] = export_outline_refiner(refiner, out_dir)
     name = name or out_dir.name
     # a provisional card lets OnnxModel load the directory for the label-map check
     card = build_card(ckpt, parity, {}, name, version, metrics)

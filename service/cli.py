@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("model_export.cli_evaluate", "compare models on held-out studies (Dice, IoU, findings, tests)"),
     "export": ("model_export.cli_export", "export a checkpoint to a checked ONNX model directory"),
     "train-levels": ("model_export.cli_train_levels", "train a checkpoint's level classifier (findings from fine crops)"),
+    "train-outlines": ("model_export.cli_train_outlines", "train the outline refiner (each disc and vertebra redrawn close up)"),
     "tune-thresholds": ("model_export.cli_tune", "set a checkpoint's finding thresholds on a validation set"),
     "build-demo-model": ("model_export.demo_model", "build models/demo when absent (generate, train, export)"),
     "pretrain": ("model_export.cli_pretrain", "self-supervised pretraining: FCMAE image encoder, CLIP/SimCSE text encoder"),

@@ -55,7 +55,9 @@ def level_rows(predictor: Any, cases: list) -> list[LevelRow]:
     rows = []
     for case in cases:
         labels, probs, maps = predictor.run(case)
-        delivered = {lv.label: lv for lv in delivered_levels(labels, probs, maps, case, {}, ontology).levels}
+        refiner = predictor.outline_refiner(case) if predictor.outline_refiner is not None else None
+        spine = delivered_levels(labels, probs, maps, case, {}, ontology, outline_refiner=refiner)
+        delivered = {lv.label: lv for lv in spine.levels}
         present = set(np.unique(case.labels).tolist())
         for label, values in case.findings.items():
             if label not in present:

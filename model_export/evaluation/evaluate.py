@@ -46,6 +46,9 @@ class Predictor:
     """Disc finding combiners (service.infer.level_findings), applied to the delivered output only."""
     exclusive: tuple[tuple[str, ...], ...] = ()
     """Groups of findings of which a delivered level keeps at most one (the card's ``exclusive_findings``)."""
+    outline_refiner: Any = None
+    """callable(case) -> the model's outline refiner bound to the case, for the delivered output; None
+    without one."""
 
 
 @dataclass
@@ -101,15 +104,21 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
                 return pred.labels, pooled_probs(pred.finding_maps, pred.labels, model.ontology), pred.finding_maps
             return pred.labels, pred.finding_probs, pred.finding_maps
 
+        refine_onnx = None
+        if model.outline_crop is not None:
+            def refine_onnx(case: Case):
+                return model.outline_refiner(case.t2, case.t1, case.grid())
+
         return Predictor(name or path.name, f"{model.card['architecture']['kind']} (onnx)",
                          model.finding_thresholds, run_onnx, model.ontology, model.finding_combiners,
-                         model.exclusive_findings)
+                         model.exclusive_findings, refine_onnx)
     if path.is_file():
         import torch
 
         from model_export.configs import RunConfig
         from model_export.model.level_classifier import cropped_levels, load_level_classifier
         from model_export.model.network import load_checkpoint
+        from model_export.model.outline_refiner import load_outline_refiner, torch_outline_refiner
         from model_export.model.predict import predict_volume
         from service.infer.level_findings import combiners_from_card, exclusive_from_card, pooled_probs
 
@@ -117,6 +126,7 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
         ontology = Ontology.from_dict(ckpt["ontology"])
         view = RunConfig.from_dict(ckpt["run"]).model.view()
         classifier = load_level_classifier(ckpt)
+        refiner_net = load_outline_refiner(ckpt)
         with torch.no_grad():
             finding_embeddings = model.class_embeddings()[1] if classifier is not None else None
 
@@ -132,10 +142,15 @@ def load_predictor(path: Path, name: str | None = None) -> Predictor:
                              if f.site == s.kind} for s in ontology.structures if s.kind != "sacrum"}
             return pred.labels, out, pred.finding_maps
 
+        refine_torch = None
+        if refiner_net is not None:
+            def refine_torch(case: Case):
+                return torch_outline_refiner(refiner_net, case.t2, case.t1, case.grid(), ontology)
+
         default_name = path.parent.name if path.stem in ("final", "last") else path.stem
         return Predictor(name or default_name, ckpt["run"]["model"]["kind"],
                          dict(ckpt.get("finding_thresholds", {})), run_torch, ontology,
-                         combiners_from_card(ckpt), exclusive_from_card(ckpt, ontology))
+                         combiners_from_card(ckpt), exclusive_from_card(ckpt, ontology), refine_torch)
     raise ConfigError(f"{path} is neither a checkpoint file nor a model directory with model.json")
 
 
@@ -155,8 +170,9 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
         _score_case(results[0], case, pred_labels, probs, predictor.thresholds, ontology)
         if postprocessed:
             started = time.perf_counter()
+            refiner = predictor.outline_refiner(case) if predictor.outline_refiner is not None else None
             spine = delivered_levels(pred_labels, probs, maps, case, predictor.thresholds, ontology,
-                                     predictor.combiners, predictor.exclusive)
+                                     predictor.combiners, predictor.exclusive, refiner)
             results[1].seconds_per_case.append(results[0].seconds_per_case[-1] + time.perf_counter() - started)
             present = None
             if probs is not None:  # decided as delivered: combiners' own thresholds, one per exclusive group
@@ -170,11 +186,12 @@ def evaluate_predictor(predictor: Predictor, cases: list[Case], ontology: Ontolo
 
 def delivered_levels(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,
                      thresholds: dict[str, float], ontology: Ontology, combiners: dict[str, Any] | None = None,
-                     exclusive: tuple[tuple[str, ...], ...] = ()):
+                     exclusive: tuple[tuple[str, ...], ...] = (), outline_refiner: Any = None):
     """The service's post-processing of one prediction (a SpineResult)."""
     from service.infer.postprocess import postprocess
 
-    return postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps, combiners, exclusive)
+    return postprocess(labels, probs or {}, ontology, thresholds, case.grid(), maps, combiners, exclusive,
+                       outline_refiner)
 
 
 def delivered_output(labels: np.ndarray, probs: dict[int, dict[str, float]] | None, maps: Any, case: Case,

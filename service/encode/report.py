@@ -94,6 +94,7 @@ def build_report(
             {"kind": c.kind, "model_label": c.raw_label, "label": c.label, "voxels": c.voxels, "reason": c.reason}
             for c in result.changes
         ],
+        "outlines_refined": result.outlines_refined,
         "timings_s": {k: round(float(v), 4) for k, v in timings.items()},
         "instances": instances,
         "warnings": list(warnings or []),

@@ -63,6 +63,19 @@ def structure_centres(labels: np.ndarray, wanted: list[int]) -> dict[int, np.nda
     return {label: np.asarray(c, dtype=np.float64) for label, c in zip(present, centres, strict=True)}
 
 
+def in_plane_steps(grid: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) index change for one millimetre towards the patient's back and towards the feet, within
+    the slice plane of ``grid`` (a ``SeriesVolume``)."""
+    ps_row, ps_col = float(grid.pixel_spacing[0]), float(grid.pixel_spacing[1])
+
+    def index_step(direction: np.ndarray) -> np.ndarray:
+        step = np.array([direction @ grid.col_dir / ps_row, direction @ grid.row_dir / ps_col])
+        length_mm = np.hypot(step[0] * ps_row, step[1] * ps_col)
+        return step / max(length_mm, 1e-6)
+
+    return index_step(POSTERIOR), index_step(INFERIOR)
+
+
 def crop_slices(channels: np.ndarray, grid: Any, centre: np.ndarray, spec: CropSpec, angle_deg: float = 0.0,
                 scale: float = 1.0, shift_mm: tuple[float, float] = (0.0, 0.0), slice_shift: int = 0
                 ) -> np.ndarray:
@@ -73,16 +86,8 @@ def crop_slices(channels: np.ndarray, grid: Any, centre: np.ndarray, spec: CropS
     inferior) and ``slice_shift`` move the crop for augmentation.
     """
     n = channels.shape[1]
-    ps_row, ps_col = float(grid.pixel_spacing[0]), float(grid.pixel_spacing[1])
-
-    def index_step(direction: np.ndarray) -> np.ndarray:
-        """(row, col) index change for one millimetre along ``direction`` within the slice plane."""
-        step = np.array([direction @ grid.col_dir / ps_row, direction @ grid.row_dir / ps_col])
-        length_mm = np.hypot(step[0] * ps_row, step[1] * ps_col)
-        return step / max(length_mm, 1e-6)
-
+    back, down = in_plane_steps(grid)
     a = np.deg2rad(angle_deg)
-    back, down = index_step(POSTERIOR), index_step(INFERIOR)
     across = np.cos(a) * back + np.sin(a) * down
     along = -np.sin(a) * back + np.cos(a) * down
     offsets = (np.arange(spec.pixels) - (spec.pixels - 1) / 2) * spec.size_mm * scale / spec.pixels

@@ -11,6 +11,9 @@ tokenizer and the model card:
 * ``level_classifier.onnx`` (optional, when the card has a ``level_classifier`` section): fine crops
   around each delivered disc and vertebra + finding embeddings -> per-level finding logits
   (``service.infer.level_crops``), in place of the pooled finding maps.
+* ``outline_refiner.onnx`` (optional, when the card has an ``outline_refiner`` section): one delivered
+  structure on one slice, close up -> its mask logits (``service.infer.outline_crops``); post-processing
+  redraws each disc and vertebra with it.
 
 The training code imports the preprocessing functions below, so serving and training resize and
 normalise the same way. Post-processing (connected components, level consistency) is the worker's job:
@@ -33,6 +36,7 @@ from service.infer.input_view import InputView, SliceBox, crop_to_box, paste_fro
 from service.infer.level_crops import CroppedLevels, CropSpec, scored_labels
 from service.infer.level_findings import combiners_from_card, exclusive_from_card
 from service.infer.onnx_session import OnnxGraph
+from service.infer.outline_crops import OutlineRefiner, OutlineSpec, refined_labels
 from service.ontology import Ontology
 
 GRAPH_FILES = ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx")
@@ -40,6 +44,9 @@ LEVEL_CLASSIFIER_FILE = "level_classifier.onnx"
 """Optional fourth graph (model_export.model.level_classifier): present when the card has a
 ``level_classifier`` section, and then it scores the delivered levels' findings instead of the pooled
 finding maps."""
+OUTLINE_REFINER_FILE = "outline_refiner.onnx"
+"""Optional graph (model_export.model.outline_refiner): present when the card has an ``outline_refiner``
+section, and then post-processing redraws each delivered disc and vertebra with it."""
 DEFAULT_NORMALISATION = {"method": "percentile_scale", "percentile": 99.5, "clip": [0.0, 2.0],
                          "missing_sequence": "zeros"}
 
@@ -160,6 +167,8 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     box: SliceBox | None = None
     """The box of each slice that the model read (the spine band, or the padded square)."""
+    outline_refiner: OutlineRefiner | None = None
+    """The model's outline refiner bound to this study, for post-processing; None without one."""
 
 
 @dataclass
@@ -191,6 +200,7 @@ class OnnxModel:
         self.exclusive_findings = exclusive_from_card(card, self.ontology)
         self.finding_pool_dilation = pool_dilation_from_card(card)
         self.level_crop = level_crop_from_card(card)
+        self.outline_crop = outline_crop_from_card(card)
 
     @property
     def providers(self) -> list[str]:
@@ -210,9 +220,11 @@ class OnnxModel:
             InputView.from_card(card["input"])
             pool_dilation_from_card(card)
             level_crop = level_crop_from_card(card)
+            outline_crop = outline_crop_from_card(card)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
-        names = GRAPH_FILES + ((LEVEL_CLASSIFIER_FILE,) if level_crop is not None else ())
+        names = (GRAPH_FILES + ((LEVEL_CLASSIFIER_FILE,) if level_crop is not None else ())
+                 + ((OUTLINE_REFINER_FILE,) if outline_crop is not None else ()))
         graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
                   for name in names}
         structures, findings = embed_ontology_prompts(model_dir, card, graphs["text_encoder.onnx"])
@@ -245,8 +257,9 @@ class OnnxModel:
             FindingMaps(final.maps, box, self.finding_pool_dilation) if final.maps is not None else None)
         if self.level_crop is not None and grid is not None:
             finding_maps = self.cropped_levels(t2, t1, grid)
+        refiner = self.outline_refiner(t2, t1, grid) if self.outline_crop is not None and grid is not None else None
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
-                          timings=timings, box=box)
+                          timings=timings, box=box, outline_refiner=refiner)
 
     def cropped_levels(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any) -> CroppedLevels:
         """The level classifier bound to this study, scoring whichever levels post-processing delivers."""
@@ -256,6 +269,14 @@ class OnnxModel:
         return CroppedLevels(normalised_channels(t2, t1, self.normalisation), grid, self.level_crop,
                              scored_labels(self.ontology),
                              lambda crops: graph.run(crops=crops, finding_embeddings=self.finding_embeddings)["logits"])
+
+    def outline_refiner(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any) -> OutlineRefiner:
+        """The outline refiner bound to this study, redrawing whichever structures post-processing names."""
+        if self.outline_crop is None:
+            raise InferenceError(f"model {self.version} has no outline refiner")
+        graph = self.graphs[OUTLINE_REFINER_FILE]
+        return OutlineRefiner(normalised_channels(t2, t1, self.normalisation), grid, self.outline_crop,
+                              refined_labels(self.ontology), lambda inputs: graph.run(inputs=inputs)["logits"])
 
     def _run_view(self, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int], box: SliceBox,
                   slice_batch: int, timings: dict[str, float], prefix: str) -> ViewOutputs:
@@ -311,6 +332,16 @@ def level_crop_from_card(card: dict[str, Any]) -> CropSpec | None:
     if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
         raise ValueError("level_classifier must hold a crop section")
     return CropSpec.from_card(section["crop"])
+
+
+def outline_crop_from_card(card: dict[str, Any]) -> OutlineSpec | None:
+    """The outline refiner's crop, or None for a model without one; ValueError when malformed."""
+    section = card.get("outline_refiner")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
+        raise ValueError("outline_refiner must hold a crop section")
+    return OutlineSpec.from_card(section["crop"])
 
 
 def embed_ontology_prompts(model_dir: Path, card: dict[str, Any], text_encoder: OnnxGraph

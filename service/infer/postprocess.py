@@ -12,7 +12,9 @@ Three steps, each recorded so the report can say what was changed:
    the ontology's stacking order (sacrum, L5/S1 disc, L5, L4/L5 disc, ...), kinds alternating and no
    label used twice. The assignment that keeps the most of the model's labels under those rules is found
    by dynamic programming; the others are relabelled or dropped.
-3. Per-level measurements (volume, disc height; for discs how far they reach behind the vertebral
+3. With a model that has an outline refiner (outline_crops.py), each disc and vertebra is redrawn close
+   up, slice by slice, keeping its name; the measurements and findings below read the redrawn outlines.
+4. Per-level measurements (volume, disc height; for discs how far they reach behind the vertebral
    bodies, disc_morphometry.py) and findings (level_findings.py): the model's score for the structure as
    delivered (the level classifier's, or its finding maps pooled inside it), against the model card's threshold, or combined with the disc's measurements
    where the card has a combiner for that finding.
@@ -47,6 +49,12 @@ GAP_PENALTY = 0.75
 """Per ontology position skipped between two kept neighbours (a structure the model did not find)."""
 
 ChangeKind = Literal["fragment_removed", "relabelled", "dropped"]
+
+
+class OutlineRedrawer(Protocol):
+    """Redraws the named structures of a label map (``outline_crops.OutlineRefiner``)."""
+
+    def refine(self, labels: np.ndarray) -> np.ndarray: ...
 
 
 class Grid(Protocol):
@@ -106,6 +114,8 @@ class SpineResult:
     """Present structures, caudal to cranial."""
     changes: list[Change] = field(default_factory=list)
     spine_axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    outlines_refined: bool = False
+    """The discs' and vertebrae's outlines were redrawn by the model's outline refiner."""
 
     def level(self, label: int) -> LevelResult:
         for lv in self.levels:
@@ -118,6 +128,7 @@ class SpineResult:
             "levels": [asdict(lv) for lv in self.levels],
             "changes": [asdict(c) for c in self.changes],
             "spine_axis": list(self.spine_axis),
+            "outlines_refined": self.outlines_refined,
         }
 
 
@@ -142,6 +153,7 @@ def postprocess(
     finding_maps: LevelScorer | None = None,
     finding_combiners: dict[str, FindingCombiner] | None = None,
     exclusive_findings: tuple[tuple[str, ...], ...] = (),
+    outline_refiner: OutlineRedrawer | None = None,
 ) -> SpineResult:
     """Clean, order and measure the model's label map; finding_probs are keyed by raw label."""
     voxel_mm3 = float(grid.pixel_spacing[0] * grid.pixel_spacing[1] * grid.slice_spacing)
@@ -156,6 +168,9 @@ def postprocess(
     labels = np.zeros(raw_labels.shape, dtype=np.uint8)
     for comp, structure in placed:
         labels[comp.region][comp.mask] = structure.label
+    if outline_refiner is not None and placed:
+        labels = outline_refiner.refine(labels)
+        placed = _redrawn(placed, labels, grid)
     pooled = pooled_probs(finding_maps, labels, ontology)
     measured = measure_discs(labels, ontology, grid)
 
@@ -186,7 +201,24 @@ def postprocess(
                 **(measurements or {}),
             )
         )
-    return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis))
+    return SpineResult(labels=labels, levels=levels, changes=changes, spine_axis=tuple(float(v) for v in axis),
+                       outlines_refined=outline_refiner is not None)
+
+
+def _redrawn(placed: list[tuple[_Component, Structure]], labels: np.ndarray, grid: Grid
+             ) -> list[tuple[_Component, Structure]]:
+    """The placed structures as the refined ``labels`` draw them (one lost entirely is left out)."""
+    boxes = ndimage.find_objects(labels)
+    out = []
+    for comp, structure in placed:
+        box = boxes[structure.label - 1] if structure.label <= len(boxes) else None
+        if box is None:
+            continue
+        mask = labels[box] == structure.label
+        offset = np.array([r.start for r in box], dtype=np.float64)
+        centroid = grid.index_to_patient(np.asarray(ndimage.center_of_mass(mask)) + offset)
+        out.append((_Component(comp.raw_label, box, mask, int(mask.sum()), centroid), structure))
+    return out
 
 
 def _drop_unknown_labels(raw_labels: np.ndarray, ontology: Ontology, changes: list[Change]) -> np.ndarray:

@@ -115,7 +115,8 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
 
     t0 = time.perf_counter()
     result = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds,
-                         reference, prediction.finding_maps, model.finding_combiners, model.exclusive_findings)
+                         reference, prediction.finding_maps, model.finding_combiners, model.exclusive_findings,
+                         prediction.outline_refiner)
     timings["postprocess"] = time.perf_counter() - t0
     if not result.levels:
         raise NoStructureFoundError(f"no spinal structure found in series {reference.series_uid}")

@@ -216,3 +216,62 @@ def test_train_levels_cli_refuses_a_model_without_finding_embeddings(trained_run
                  "--out", str(tmp_path / "x.pt"), "--steps", "0"]) == 2
     assert "--steps must be" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_outlines_cli_adds_a_refiner_that_export_evaluate_and_the_onnx_path_carry(
+        trained_runs, generated_set, tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from model_export.data import read_generated_study
+    from model_export.model.network import load_checkpoint
+    from model_export.model.outline_refiner import load_outline_refiner, torch_outline_refiner
+    from service.infer.model import OnnxModel
+
+    refiner = tmp_path / "refiner.pt"
+    assert main(["train-outlines", "--data", str(generated_set), "--val", str(generated_set), "--out", str(refiner),
+                 "--steps", "3", "--batch", "4", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["val_hint_iou"] <= 1.0 and 0.0 <= report["val_refined_iou"] <= 1.0
+    assert (tmp_path / "refiner_curves.png").stat().st_size > 1000
+    full = tmp_path / "full.pt"
+    assert main(["train-outlines", "--refiner", str(refiner), "--checkpoint", str(trained_runs["text_guided"]),
+                 "--into", str(full)]) == 0
+    _, ckpt = load_checkpoint(full)
+    net = load_outline_refiner(ckpt)
+    assert net is not None
+    original = torch.load(str(trained_runs["text_guided"]), map_location="cpu", weights_only=False)
+    assert all(torch.equal(original["model"][k], v) for k, v in ckpt["model"].items())
+
+    model_dir = tmp_path / "models" / "outlines"
+    study_dir = sorted(generated_set.iterdir())[0]
+    assert main(["export", "--checkpoint", str(full), "--out", str(model_dir), "--parity-study", str(study_dir)]) == 0
+    card = json.loads((model_dir / "model.json").read_text())
+    assert card["outline_refiner"]["crop"] == net.cfg.crop.to_dict()
+    assert "synthetic" in card["outline_refiner"]["trained_on"]["statement"]
+    assert card["export_parity"]["onnxruntime_vs_torch"]["outline_refiner.onnx"]["logits"] < 2e-3
+
+    # the worker's ONNX path redraws the same outlines as torch does
+    study = read_generated_study(study_dir)
+    onnx_model = OnnxModel.load(model_dir)
+    prediction = onnx_model.predict(study.t2, study.t1, study.pixel_spacing, grid=study.grid())
+    got = prediction.outline_refiner.refine(study.labels)
+    expected = torch_outline_refiner(net, study.t2, study.t1, study.grid(), onnx_model.ontology).refine(study.labels)
+    assert (got == expected).mean() > 0.999
+
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--models", str(model_dir), str(full), "--names", "onnx", "torch",
+                 "--data", str(generated_set), "--out", str(out), "--postprocess"]) == 0
+    summary = {m["name"]: m for m in json.loads((out / "evaluation.json").read_text())["models"]}
+    assert abs(summary["onnx +post"]["miou"] - summary["torch +post"]["miou"]) < 0.01
+    assert np.isfinite(summary["onnx +post"]["miou"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "X"], "give --data and --out"),
+    (["--refiner", "r.pt"], "--refiner only puts"),
+    (["--data", "X", "--out", "o.pt", "--checkpoint", "c.pt"], "--checkpoint and --into go together"),
+])
+def test_train_outlines_cli_names_what_is_missing(args, message, capsys):
+    assert main(["train-outlines", *args]) == 2
+    assert message in capsys.readouterr().err

@@ -99,15 +99,19 @@ def worker_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def worker_level_model_dir(worker_model_dir, tmp_path_factory) -> Path:
-    """The same model with a level classifier trained a few steps on the same cases, exported."""
+    """The same model with a level classifier and an outline refiner trained a few steps on the same cases,
+    exported."""
     from model_export.data import discover_cases
     from model_export.export import export_model
     from model_export.training.level_training import add_level_classifier
+    from model_export.training.outline_training import attach_refiner, train_refiner_file
 
     root = worker_model_dir.parent
     cases = discover_cases(root / "cases")
-    checkpoint = add_level_classifier(root / "run" / "final.pt", cases, None, root / "run" / "levels.pt", steps=3,
-                                      batch=8, variants=0, progress=False)["out"]
+    levels = add_level_classifier(root / "run" / "final.pt", cases, None, root / "run" / "levels.pt", steps=3,
+                                  batch=8, variants=0, progress=False)["out"]
+    refiner = train_refiner_file(cases, None, root / "run" / "refiner.pt", steps=2, batch=4, progress=False)["out"]
+    checkpoint = attach_refiner(Path(levels), Path(refiner), root / "run" / "full.pt")["out"]
     out = tmp_path_factory.mktemp("worker_level_model") / "tiny-levels"
     export_model(Path(checkpoint), out, parity_study=None)
     return out

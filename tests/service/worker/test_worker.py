@@ -207,7 +207,7 @@ def test_a_model_that_finds_nothing_fails_the_study_with_that_reason(settings, w
     assert outcome.state == StudyState.FAILED and "no spinal structure found" in outcome.error
 
 
-def test_a_model_with_a_level_classifier_reports_its_scores_of_the_delivered_levels(
+def test_a_model_with_a_level_classifier_and_refiner_reports_scores_of_the_redrawn_levels(
     redis_url, client, worker_level_model_dir, tmp_path
 ):
     from service.infer.level_crops import CroppedLevels
@@ -223,9 +223,13 @@ def test_a_model_with_a_level_classifier_reports_its_scores_of_the_delivered_lev
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch, grid=t2)
     assert isinstance(prediction.finding_maps, CroppedLevels)
+    assert prediction.outline_refiner is not None
     expected = postprocess(prediction.labels, prediction.finding_probs, model.ontology, model.finding_thresholds, t2,
-                           prediction.finding_maps, model.finding_combiners)
+                           prediction.finding_maps, model.finding_combiners, model.exclusive_findings,
+                           prediction.outline_refiner)
     report = json.loads((settings.results_dir / study.study_uid / "report.json").read_text())
+    assert report["outlines_refined"] is True
+    assert [lv["volume_mm3"] for lv in report["levels"]] == [lv.volume_mm3 for lv in expected.levels]
     got = {(lv["label"], f["key"]): f["probability"] for lv in report["levels"] for f in lv["findings"]}
     assert got and got == {(lv.label, f.key): f.probability for lv in expected.levels for f in lv.findings}
     # the finding maps would have scored them otherwise
