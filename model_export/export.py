@@ -298,30 +298,29 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
 
 def level_classifier_card(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The card's ``level_classifier`` section, or nothing for a checkpoint without one."""
-    entry = ckpt.get(CHECKPOINT_KEY)
-    if entry is None:
-        return {}
-    return {"level_classifier": {
-        "graph": LEVEL_CLASSIFIER_FILE, "crop": entry["config"]["crop"],
-        "description": "findings of each delivered disc and vertebra from crops around its centre "
-                       "(columns posterior, rows inferior, the slices nearest its centre), each slice scored "
-                       "against the finding embeddings; a level's logit is the maximum over its slices. "
-                       "It replaces the pooled finding maps (service.infer.level_crops)",
-        "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
+    return _second_network_card(
+        ckpt, CHECKPOINT_KEY, "level_classifier", LEVEL_CLASSIFIER_FILE,
+        "findings of each delivered disc and vertebra from crops around its centre (columns posterior, rows "
+        "inferior, the slices nearest its centre), each slice scored against the finding embeddings; a level's "
+        "logit is the maximum over its slices. It replaces the pooled finding maps (service.infer.level_crops)")
 
 
 def outline_refiner_card(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The card's ``outline_refiner`` section, or nothing for a checkpoint without one."""
-    entry = ckpt.get(REFINER_KEY)
+    return _second_network_card(
+        ckpt, REFINER_KEY, "outline_refiner", OUTLINE_REFINER_FILE,
+        "each delivered disc and vertebra redrawn slice by slice from a crop around its box (columns "
+        "posterior, rows inferior): T2, T1, its delivered mask and the other structures' mask in, its mask "
+        "logits out; the most confident structure over 0.5 takes a pixel (service.infer.outline_crops)")
+
+
+def _second_network_card(ckpt: dict[str, Any], key: str, section: str, graph: str, description: str
+                         ) -> dict[str, Any]:
+    entry = ckpt.get(key)
     if entry is None:
         return {}
-    return {"outline_refiner": {
-        "graph": OUTLINE_REFINER_FILE, "crop": entry["config"]["crop"],
-        "description": "each delivered disc and vertebra redrawn slice by slice from a crop around its box "
-                       "(columns posterior, rows inferior): T2, T1, its delivered mask and the other "
-                       "structures' mask in, its mask logits out; the most confident structure over 0.5 takes "
-                       "a pixel (service.infer.outline_crops)",
-        "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
+    return {section: {"graph": graph, "crop": entry["config"]["crop"], "description": description,
+                      "trained_on": {"statement": SYNTHETIC_STATEMENT, **entry.get("provenance", {})}}}
 
 
 def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, version: str = "0.1.0",

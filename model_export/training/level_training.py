@@ -236,32 +236,13 @@ def train_level_classifier(train: LevelSamples, val: LevelSamples | None, findin
 
 def plot_level_curves(history: list[dict[str, Any]], path: Any, title: str = "") -> None:
     """Training loss and validation AUC per finding, as a PNG."""
-    import matplotlib
+    from model_export.training.curves import plot_loss_and_scores
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from model_export.training.curves import moving_mean
-
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
-    width = max(1, len(history) // 50)
-    ax_loss.plot([h["step"] for h in history], moving_mean([h["loss"] for h in history], width))
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel(f"weighted BCE + group loss (moving mean of {width})")
     rows = [h for h in history if "val_auc" in h]
-    for key in rows[0]["val_auc"] if rows else []:
-        points = [(h["step"], h["val_auc"][key]) for h in rows if h["val_auc"][key] is not None]
-        if points:
-            ax_auc.plot(*zip(*points, strict=True), marker="o", label=key)
-    ax_auc.set_xlabel("step")
-    ax_auc.set_ylabel("validation AUC (true level centres)")
-    ax_auc.set_ylim(0.4, 1.0)
-    if rows:
-        ax_auc.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    scores = {key: [(h["step"], h["val_auc"][key]) for h in rows if h["val_auc"][key] is not None]
+              for key in (rows[0]["val_auc"] if rows else [])}
+    plot_loss_and_scores(history, path, title, "weighted BCE + group loss", scores,
+                         "validation AUC (true level centres)", ylim=(0.4, 1.0))
 
 
 def add_level_classifier(checkpoint: Path, train_cases: list[tuple[str, Callable[[], Case]]],

@@ -202,30 +202,13 @@ def train_outline_refiner(train: list[OutlineCase], val: list[OutlineCase], cfg:
 
 def plot_outline_curves(history: list[dict[str, Any]], path: Any, title: str = "") -> None:
     """Training loss and validation IoU (spoilt hint against refined), as a PNG."""
-    import matplotlib
+    from model_export.training.curves import plot_loss_and_scores
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from model_export.training.curves import moving_mean
-
-    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
-    width = max(1, len(history) // 50)
-    ax_loss.plot([h["step"] for h in history], moving_mean([h["loss"] for h in history], width))
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel(f"BCE + {DICE_WEIGHT} soft Dice (moving mean of {width})")
     rows = [h for h in history if "refined_iou" in h]
-    if rows:
-        steps = [h["step"] for h in rows]
-        ax_iou.plot(steps, [h["hint_iou"] for h in rows], "--", label="spoilt hint")
-        ax_iou.plot(steps, [h["refined_iou"] for h in rows], marker="o", label="refined")
-        ax_iou.legend(fontsize=8)
-    ax_iou.set_xlabel("step")
-    ax_iou.set_ylabel("validation IoU against the true outline")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    scores = {"spoilt hint": [(h["step"], h["hint_iou"]) for h in rows],
+              "refined": [(h["step"], h["refined_iou"]) for h in rows]}
+    plot_loss_and_scores(history, path, title, f"BCE + {DICE_WEIGHT} soft Dice", scores,
+                         "validation IoU against the true outline", dashed=("spoilt hint",))
 
 
 def load_outline_cases(loaders: list[tuple[str, Callable[[], Case]]], ontology: Ontology, progress: bool,

@@ -326,22 +326,23 @@ class OnnxModel:
 
 def level_crop_from_card(card: dict[str, Any]) -> CropSpec | None:
     """The level classifier's crop, or None for a model without one; ValueError when malformed."""
-    section = card.get("level_classifier")
-    if section is None:
-        return None
-    if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
-        raise ValueError("level_classifier must hold a crop section")
-    return CropSpec.from_card(section["crop"])
+    section = _crop_section(card, "level_classifier")
+    return None if section is None else CropSpec.from_card(section)
 
 
 def outline_crop_from_card(card: dict[str, Any]) -> OutlineSpec | None:
     """The outline refiner's crop, or None for a model without one; ValueError when malformed."""
-    section = card.get("outline_refiner")
+    section = _crop_section(card, "outline_refiner")
+    return None if section is None else OutlineSpec.from_card(section)
+
+
+def _crop_section(card: dict[str, Any], name: str) -> dict[str, Any] | None:
+    section = card.get(name)
     if section is None:
         return None
     if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
-        raise ValueError("outline_refiner must hold a crop section")
-    return OutlineSpec.from_card(section["crop"])
+        raise ValueError(f"{name} must hold a crop section")
+    return section["crop"]
 
 
 def embed_ontology_prompts(model_dir: Path, card: dict[str, Any], text_encoder: OnnxGraph

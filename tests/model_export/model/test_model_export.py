@@ -177,6 +177,25 @@ def test_card_carries_the_exclusive_findings_and_the_service_refuses_a_malformed
         OnnxModel.load(model_dir)
 
 
+@pytest.mark.parametrize("section, message", [
+    ({"crop": {"size_mm": 120.0, "pixels": 100}}, "out of range"),
+    ({"graph": "outline_refiner.onnx"}, "must hold a crop section"),
+    ({"crop": {"size_mm": 120.0, "pixels": 128}}, "outline_refiner.onnx"),  # the card names a graph not there
+])
+def test_the_service_refuses_a_card_whose_outline_refiner_it_cannot_run(tiny_model_dir, tmp_path, section, message):
+    import shutil
+
+    from service.errors import ModelDirectoryError
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / "model.json").read_text())
+    card["outline_refiner"] = section
+    (model_dir / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelDirectoryError, match=message):
+        OnnxModel.load(model_dir)
+
+
 def test_band_model_onnx_prediction_matches_torch_through_a_box_that_leaves_the_slice(
         tiny_cases, tiny_generated_study, tmp_path, monkeypatch):
     """Also a model with a convolutional finding branch whose pooling widens each mask: the card carries
