@@ -20,6 +20,7 @@ on an extra slice being its neighbour's mask: the segmenter often misses a struc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -168,10 +169,21 @@ class OutlineRefiner:
         self.wanted = wanted
         self.segment = segment
         self.batch = max(1, batch)
+        self.seconds = 0.0
+        """Time spent in ``refine`` so far (the worker reports it)."""
+        self.crops = 0
+        """Slice crops redrawn so far."""
 
     def refine(self, labels: np.ndarray) -> np.ndarray:
-        labels = np.asarray(labels, dtype=np.uint8)
+        started = time.perf_counter()
+        try:
+            return self._refine(np.asarray(labels, dtype=np.uint8))
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _refine(self, labels: np.ndarray) -> np.ndarray:
         jobs = outline_jobs(labels, self.grid, self.wanted, self.spec)
+        self.crops += len(jobs)
         refined = np.isin(labels, self.wanted)
         out = np.where(refined, 0, labels).astype(np.uint8)
         best = np.full(labels.shape, 0.5, np.float32)

@@ -118,6 +118,8 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
                          reference, prediction.finding_maps, model.finding_combiners, model.exclusive_findings,
                          prediction.outline_refiner)
     timings["postprocess"] = time.perf_counter() - t0
+    if prediction.outline_refiner is not None:
+        timings["outline_refiner"] = prediction.outline_refiner.seconds  # part of postprocess
     if not result.levels:
         raise NoStructureFoundError(f"no spinal structure found in series {reference.series_uid}")
     if result.changes:

@@ -228,7 +228,7 @@ def test_a_model_with_a_level_classifier_and_refiner_reports_scores_of_the_redra
                            prediction.finding_maps, model.finding_combiners, model.exclusive_findings,
                            prediction.outline_refiner)
     report = json.loads((settings.results_dir / study.study_uid / "report.json").read_text())
-    assert report["outlines_refined"] is True
+    assert report["outlines_refined"] is True and report["timings_s"]["outline_refiner"] > 0
     assert [lv["volume_mm3"] for lv in report["levels"]] == [lv.volume_mm3 for lv in expected.levels]
     got = {(lv["label"], f["key"]): f["probability"] for lv in report["levels"] for f in lv["findings"]}
     assert got and got == {(lv.label, f.key): f.probability for lv in expected.levels for f in lv.findings}
