@@ -25,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a segmenter checkpoint to copy with the refiner in it (needs --into)")
     parser.add_argument("--into", type=Path, default=None, help="where the checkpoint copy goes")
-    parser.add_argument("--steps", type=int, default=2000,
-                        help="optimiser steps (default 2000: about 35 minutes on one core)")
+    parser.add_argument("--steps", type=int, default=3000,
+                        help="optimiser steps (default 3000: about 30 minutes on one core)")
     parser.add_argument("--batch", type=int, default=24, help="slice crops per step (default 24)")
+    parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="C",
+                        help="channels per U-Net level, each level halving the grid (default 8 16 32 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-cases", type=int, default=None, help="read at most this many cases of each set")
@@ -51,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.checkpoint} is not a checkpoint file")
     if not 1 <= args.steps <= 1_000_000 or not 1 <= args.batch <= 1024:
         raise ConfigError("--steps must be 1..1000000 and --batch 1..1024")
+    if args.widths is not None and not (2 <= len(args.widths) <= 6 and all(1 <= w <= 512 for w in args.widths)):
+        raise ConfigError("--widths takes 2 to 6 channel counts, each 1..512")
     torch.set_num_threads(max(1, args.threads))
     refiner = args.refiner
     if refiner is None:
         train = discover_cases(args.data)[:args.max_cases]
         val = None if args.val is None else discover_cases(args.val)[:args.max_cases]
         report = train_refiner_file(train, val, args.out, args.steps, args.batch, args.seed,
-                                    progress=not args.no_progress,
+                                    progress=not args.no_progress, widths=args.widths,
                                     sources={"data_dir": str(args.data),
                                              "val_dir": None if args.val is None else str(args.val)})
         print(json.dumps(report, indent=1))

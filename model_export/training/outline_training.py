@@ -221,9 +221,9 @@ def load_outline_cases(loaders: list[tuple[str, Callable[[], Case]]], ontology: 
 def train_refiner_file(train_cases: list[tuple[str, Callable[[], Case]]],
                        val_cases: list[tuple[str, Callable[[], Case]]] | None, out: Path, steps: int,
                        batch: int = 24, seed: int = 0, progress: bool = True, sources: dict[str, Any] | None = None,
-                       ontology: Ontology = DEFAULT_ONTOLOGY) -> dict[str, Any]:
+                       ontology: Ontology = DEFAULT_ONTOLOGY, widths: list[int] | None = None) -> dict[str, Any]:
     """Train a refiner and write it alone to ``out`` ({CHECKPOINT_KEY: entry}), with curves and history."""
-    cfg = OutlineRefinerConfig()
+    cfg = OutlineRefinerConfig() if widths is None else OutlineRefinerConfig(widths=tuple(widths))
     started = time.perf_counter()
     train = load_outline_cases(train_cases, ontology, progress, "training cases")
     if not train:
