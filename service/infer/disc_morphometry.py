@@ -16,6 +16,7 @@ back is its deepest voxel on that slice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -146,3 +147,36 @@ def _front_run_end(depths: np.ndarray) -> float:
     ordered = np.sort(depths)
     gaps = np.flatnonzero(np.diff(ordered) >= CANAL_GAP_MM)
     return float(ordered[gaps[0]]) if gaps.size else float(ordered[-1])
+
+
+def local_axis(below: np.ndarray | None, above: np.ndarray | None, axis: np.ndarray) -> np.ndarray:
+    """Through the neighbouring vertebrae when both are known (lordosis tilts discs), else the spine axis."""
+    if below is not None and above is not None and np.linalg.norm(above - below) > 1e-6:
+        direction = above - below
+        return direction / np.linalg.norm(direction)
+    return axis
+
+
+def disc_height_mm(mask: np.ndarray, grid: Any, below: np.ndarray | None, above: np.ndarray | None,
+                   axis: np.ndarray) -> float | None:
+    """Mean height on the sagittal slice with most disc: its area over its depth across the local axis
+    (``below`` and ``above`` are the neighbouring vertebrae's centroids in patient mm, or None)."""
+    axis = local_axis(below, above, axis)
+    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    k = int(np.argmax(per_slice))
+    rows, cols = np.nonzero(mask[k])
+    if rows.size == 0:
+        return None
+    in_plane = axis - float(axis @ grid.normal) * grid.normal
+    if np.linalg.norm(in_plane) < 1e-6:
+        return None
+    in_plane /= np.linalg.norm(in_plane)
+    across = np.cross(grid.normal, in_plane)
+    # Pixel centres in slice-plane millimetres, then their coordinate across the spine axis.
+    row_mm, col_mm = grid.pixel_spacing
+    points = np.outer(rows * row_mm, grid.col_dir) + np.outer(cols * col_mm, grid.row_dir)
+    t = points @ across
+    pixel_extent = abs(row_mm * float(grid.col_dir @ across)) + abs(col_mm * float(grid.row_dir @ across))
+    depth = float(t.max() - t.min()) + pixel_extent
+    area = rows.size * row_mm * col_mm
+    return area / depth if depth > 0 else None

@@ -255,27 +255,38 @@ class OnnxModel:
         timings["findings"] = time.perf_counter() - t0
         finding_maps: FindingMaps | CroppedLevels | None = (
             FindingMaps(final.maps, box, self.finding_pool_dilation) if final.maps is not None else None)
-        if self.level_crop is not None and grid is not None:
-            finding_maps = self.cropped_levels(t2, t1, grid)
-        refiner = self.outline_refiner(t2, t1, grid) if self.outline_crop is not None and grid is not None else None
+        refiner = None
+        if grid is not None and (self.level_crop is not None or self.outline_crop is not None):
+            channels = normalised_channels(t2, t1, self.normalisation)  # both second networks crop these
+            if self.level_crop is not None:
+                finding_maps = self.cropped_levels(t2, t1, grid, channels)
+            if self.outline_crop is not None:
+                refiner = self.outline_refiner(t2, t1, grid, channels)
         return Prediction(labels=final.labels, finding_probs=finding_probs, finding_maps=finding_maps,
                           timings=timings, box=box, outline_refiner=refiner)
 
-    def cropped_levels(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any) -> CroppedLevels:
-        """The level classifier bound to this study, scoring whichever levels post-processing delivers."""
+    def cropped_levels(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any,
+                       channels: np.ndarray | None = None) -> CroppedLevels:
+        """The level classifier bound to this study, scoring whichever levels post-processing delivers.
+        ``channels``: the study's ``normalised_channels``, when the caller has them already."""
         if self.level_crop is None:
             raise InferenceError(f"model {self.version} has no level classifier")
         graph = self.graphs[LEVEL_CLASSIFIER_FILE]
-        return CroppedLevels(normalised_channels(t2, t1, self.normalisation), grid, self.level_crop,
+        if channels is None:
+            channels = normalised_channels(t2, t1, self.normalisation)
+        return CroppedLevels(channels, grid, self.level_crop,
                              scored_labels(self.ontology),
                              lambda crops: graph.run(crops=crops, finding_embeddings=self.finding_embeddings)["logits"])
 
-    def outline_refiner(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any) -> OutlineRefiner:
+    def outline_refiner(self, t2: np.ndarray | None, t1: np.ndarray | None, grid: Any,
+                        channels: np.ndarray | None = None) -> OutlineRefiner:
         """The outline refiner bound to this study, redrawing whichever structures post-processing names."""
         if self.outline_crop is None:
             raise InferenceError(f"model {self.version} has no outline refiner")
         graph = self.graphs[OUTLINE_REFINER_FILE]
-        return OutlineRefiner(normalised_channels(t2, t1, self.normalisation), grid, self.outline_crop,
+        if channels is None:
+            channels = normalised_channels(t2, t1, self.normalisation)
+        return OutlineRefiner(channels, grid, self.outline_crop,
                               refined_labels(self.ontology), lambda inputs: graph.run(inputs=inputs)["logits"])
 
     def _run_view(self, t2: np.ndarray | None, t1: np.ndarray | None, size: tuple[int, int], box: SliceBox,

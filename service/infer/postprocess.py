@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import ndimage
 
-from service.infer.disc_morphometry import measure_discs
+from service.infer.disc_morphometry import disc_height_mm, measure_discs
 from service.infer.level_count import Counting, count_levels
 from service.infer.level_findings import (
     FindingCombiner,
@@ -180,7 +180,7 @@ def postprocess(
         if structure.kind == "disc":
             below = placed[i - 1][0].centroid_mm if i > 0 else None
             above = placed[i + 1][0].centroid_mm if i + 1 < len(placed) else None
-            height = _disc_height(comp.mask, grid, _local_axis(below, above, axis))
+            height = disc_height_mm(comp.mask, grid, below, above, axis)
         morphometry = measured.get(structure.label)
         measurements = morphometry.features() if morphometry is not None else None
         levels.append(
@@ -378,33 +378,3 @@ def _assign(components: list[_Component], ontology: Ontology) -> list[Structure 
         assigned[i - 1] = order[p] if p is not None else None
         state = prev_state
     return assigned
-
-
-def _local_axis(below: np.ndarray | None, above: np.ndarray | None, axis: np.ndarray) -> np.ndarray:
-    """Through the neighbouring vertebrae when both are known (lordosis tilts discs), else the spine axis."""
-    if below is not None and above is not None and np.linalg.norm(above - below) > 1e-6:
-        direction = above - below
-        return direction / np.linalg.norm(direction)
-    return axis
-
-
-def _disc_height(mask: np.ndarray, grid: Grid, axis: np.ndarray) -> float | None:
-    """Mean height on the sagittal slice with most disc: its area over its depth across the axis."""
-    per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
-    k = int(np.argmax(per_slice))
-    rows, cols = np.nonzero(mask[k])
-    if rows.size == 0:
-        return None
-    in_plane = axis - float(axis @ grid.normal) * grid.normal
-    if np.linalg.norm(in_plane) < 1e-6:
-        return None
-    in_plane /= np.linalg.norm(in_plane)
-    across = np.cross(grid.normal, in_plane)
-    # Pixel centres in slice-plane millimetres, then their coordinate across the spine axis.
-    row_mm, col_mm = grid.pixel_spacing
-    points = np.outer(rows * row_mm, grid.col_dir) + np.outer(cols * col_mm, grid.row_dir)
-    t = points @ across
-    pixel_extent = abs(row_mm * float(grid.col_dir @ across)) + abs(col_mm * float(grid.row_dir @ across))
-    depth = float(t.max() - t.min()) + pixel_extent
-    area = rows.size * row_mm * col_mm
-    return area / depth if depth > 0 else None
