@@ -171,8 +171,6 @@ class OutlineRefiner:
         self.batch = max(1, batch)
         self.seconds = 0.0
         """Time spent in ``refine`` so far (the worker reports it)."""
-        self.crops = 0
-        """Slice crops redrawn so far."""
 
     def refine(self, labels: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
@@ -183,7 +181,6 @@ class OutlineRefiner:
 
     def _refine(self, labels: np.ndarray) -> np.ndarray:
         jobs = outline_jobs(labels, self.grid, self.wanted, self.spec)
-        self.crops += len(jobs)
         refined = np.isin(labels, self.wanted)
         out = np.where(refined, 0, labels).astype(np.uint8)
         best = np.full(labels.shape, 0.5, np.float32)
