@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=24, help="slice crops per step (default 24)")
     parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="C",
                         help="channels per U-Net level, each level halving the grid (default 8 16 32 64)")
+    parser.add_argument("--context-slices", type=int, default=0, metavar="N",
+                        help="also read T2 and T1 on N slices either side of the one redrawn (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-cases", type=int, default=None, help="read at most this many cases of each set")
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from model_export.data import discover_cases
     from model_export.training.outline_training import attach_refiner, train_refiner_file
     from service.errors import ConfigError
+    from service.infer.outline_crops import MAX_CONTEXT_SLICES
 
     if (args.checkpoint is None) != (args.into is None):
         raise ConfigError("--checkpoint and --into go together")
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--steps must be 1..1000000 and --batch 1..1024")
     if args.widths is not None and not (2 <= len(args.widths) <= 6 and all(1 <= w <= 512 for w in args.widths)):
         raise ConfigError("--widths takes 2 to 6 channel counts, each 1..512")
+    if not 0 <= args.context_slices <= MAX_CONTEXT_SLICES:
+        raise ConfigError(f"--context-slices must be 0..{MAX_CONTEXT_SLICES}")
     torch.set_num_threads(max(1, args.threads))
     refiner = args.refiner
     if refiner is None:
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         val = None if args.val is None else discover_cases(args.val)[:args.max_cases]
         report = train_refiner_file(train, val, args.out, args.steps, args.batch, args.seed,
                                     progress=not args.no_progress, widths=args.widths,
+                                    context_slices=args.context_slices,
                                     sources={"data_dir": str(args.data),
                                              "val_dir": None if args.val is None else str(args.val)})
         print(json.dumps(report, indent=1))

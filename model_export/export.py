@@ -33,7 +33,6 @@ from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
 from service.errors import ModelExportError
 from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OUTLINE_REFINER_FILE, OnnxModel
-from service.infer.outline_crops import INPUT_CHANNELS
 from service.ontology import Ontology
 
 log = logging.getLogger(__name__)
@@ -191,12 +190,12 @@ def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor,
 def export_outline_refiner(net: OutlineRefinerNet, out_dir: Path) -> dict[str, Any]:
     """Write outline_refiner.onnx and compare it with torch at two crop counts."""
     torch.manual_seed(2)
-    pixels = net.cfg.crop.pixels
-    inputs = torch.rand(3, INPUT_CHANNELS, pixels, pixels)
+    pixels, channels = net.cfg.crop.pixels, net.cfg.crop.input_channels
+    inputs = torch.rand(3, channels, pixels, pixels)
     path = out_dir / OUTLINE_REFINER_FILE
     _export(net, (inputs,), path, ["inputs"], ["logits"], {"inputs": {0: "crops"}, "logits": {0: "crops"}})
     _check_graph(path)
-    variants = [(inputs,), (torch.rand(7, INPUT_CHANNELS, pixels, pixels),)]
+    variants = [(inputs,), (torch.rand(7, channels, pixels, pixels),)]
     diffs = [_max_diff(net, path, ["inputs"], args, ["logits"])["logits"] for args in variants]
     if max(diffs) > TOLERANCE:
         raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > {TOLERANCE}")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.infer.model import normalised_channels
-from service.infer.outline_crops import INPUT_CHANNELS, OutlineRefiner, OutlineSpec, refined_labels
+from service.infer.outline_crops import OutlineRefiner, OutlineSpec, refined_labels
 from service.ontology import Ontology
 
 CHECKPOINT_KEY = "outline_refiner"
@@ -52,13 +52,13 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class OutlineRefinerNet(nn.Module):
-    """(N, 4, P, P) inputs -> (N, P, P) logits of the hinted structure."""
+    """(N, C, P, P) inputs (``OutlineSpec.input_channels``) -> (N, P, P) logits of the hinted structure."""
 
     def __init__(self, cfg: OutlineRefinerConfig) -> None:
         super().__init__()
         self.cfg = cfg
         widths = cfg.widths
-        self.down = nn.ModuleList([_block(INPUT_CHANNELS if i == 0 else widths[i - 1], w)
+        self.down = nn.ModuleList([_block(cfg.crop.input_channels if i == 0 else widths[i - 1], w)
                                    for i, w in enumerate(widths)])
         self.up = nn.ModuleList([_block(widths[i] + widths[i + 1], widths[i]) for i in range(len(widths) - 1)])
         self.head = nn.Conv2d(widths[0], 1, 1)

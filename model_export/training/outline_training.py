@@ -33,7 +33,13 @@ from model_export.data import Case
 from model_export.model.outline_refiner import CHECKPOINT_KEY, OutlineRefinerConfig, OutlineRefinerNet
 from service.errors import ConfigError
 from service.infer.model import normalised_channels
-from service.infer.outline_crops import CropFrame, OutlineSpec, refined_labels, structure_boxes_centres
+from service.infer.outline_crops import (
+    CropFrame,
+    OutlineSpec,
+    context_slices,
+    refined_labels,
+    structure_boxes_centres,
+)
 from service.ontology import DEFAULT_ONTOLOGY, Ontology
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,7 @@ def spoil_hint(labels: np.ndarray, target: int, rng: np.random.Generator) -> np.
 
 def draw_sample(case: OutlineCase, spec: OutlineSpec, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """One (4, P, P) input and (P, P) target from a random refined structure of ``case``."""
+    """One (``spec.input_channels``, P, P) input and (P, P) target from a random refined structure of ``case``."""
     if not case.structures:
         return None
     label = int(rng.choice(sorted(case.structures)))
@@ -119,13 +125,18 @@ def draw_sample(case: OutlineCase, spec: OutlineSpec, rng: np.random.Generator
                              scale=float(rng.uniform(0.9, 1.1)))
     hint = spoil_hint(frame.sample(case.labels[hint_slice], order=0).astype(np.int64), label, rng)
     target = frame.sample((case.labels[k] == label).astype(np.float32), order=0)
-    image = [frame.sample(case.channels[c, k].astype(np.float32)) * float(rng.uniform(0.8, 1.2)) for c in (0, 1)]
+    read = context_slices(k, n, spec.context_slices)
+    if spec.context_slices and rng.random() < 0.5:  # the slice order runs left or right, by the scanner's choice
+        read.reverse()
+    image = [np.stack([frame.sample(case.channels[c, s].astype(np.float32)) for s in read])
+             * float(rng.uniform(0.8, 1.2)) for c in (0, 1)]
     drop = rng.random()
     if drop < SEQUENCE_DROPOUT:
         image[1][:] = 0.0
     elif drop < 2 * SEQUENCE_DROPOUT:
         image[0][:] = 0.0
-    x = np.stack([*image, (hint == label).astype(np.float32), ((hint != label) & (hint != 0)).astype(np.float32)])
+    x = np.concatenate([*image, (hint == label).astype(np.float32)[None],
+                        ((hint != label) & (hint != 0)).astype(np.float32)[None]])
     return x, target
 
 
@@ -221,9 +232,11 @@ def load_outline_cases(loaders: list[tuple[str, Callable[[], Case]]], ontology: 
 def train_refiner_file(train_cases: list[tuple[str, Callable[[], Case]]],
                        val_cases: list[tuple[str, Callable[[], Case]]] | None, out: Path, steps: int,
                        batch: int = 24, seed: int = 0, progress: bool = True, sources: dict[str, Any] | None = None,
-                       ontology: Ontology = DEFAULT_ONTOLOGY, widths: list[int] | None = None) -> dict[str, Any]:
+                       ontology: Ontology = DEFAULT_ONTOLOGY, widths: list[int] | None = None,
+                       context_slices: int = 0) -> dict[str, Any]:
     """Train a refiner and write it alone to ``out`` ({CHECKPOINT_KEY: entry}), with curves and history."""
-    cfg = OutlineRefinerConfig() if widths is None else OutlineRefinerConfig(widths=tuple(widths))
+    crop = OutlineSpec(context_slices=context_slices)
+    cfg = OutlineRefinerConfig(crop=crop) if widths is None else OutlineRefinerConfig(tuple(widths), crop)
     started = time.perf_counter()
     train = load_outline_cases(train_cases, ontology, progress, "training cases")
     if not train:

@@ -32,8 +32,7 @@ from service.infer.level_crops import in_plane_steps
 from service.ontology import Ontology
 
 REFINED_KINDS = ("disc", "vertebra")
-INPUT_CHANNELS = 4
-"""T2, T1, the structure's hint mask, the other structures' mask."""
+MAX_CONTEXT_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -42,16 +41,26 @@ class OutlineSpec:
 
     size_mm: float = 120.0
     pixels: int = 128
+    context_slices: int = 0
+    """Slices either side whose T2 and T1 the refiner also reads. A structure's outermost slices are
+    where partial volume blurs its edge, and the neighbours show which way the edge runs."""
+
+    @property
+    def input_channels(self) -> int:
+        """T2 and T1 on each slice read, then the structure's hint mask and the other structures' mask."""
+        return 2 * (2 * self.context_slices + 1) + 2
 
     @classmethod
     def from_card(cls, data: dict[str, Any]) -> OutlineSpec:
-        spec = cls(float(data["size_mm"]), int(data["pixels"]))
-        if not 8.0 <= spec.size_mm <= 400.0 or not 16 <= spec.pixels <= 512 or spec.pixels % 8:
-            raise ValueError(f"outline refiner crop {data} is out of range (pixels a multiple of 8)")
+        spec = cls(float(data["size_mm"]), int(data["pixels"]), int(data.get("context_slices", 0)))
+        if not 8.0 <= spec.size_mm <= 400.0 or not 16 <= spec.pixels <= 512 or spec.pixels % 8 \
+                or not 0 <= spec.context_slices <= MAX_CONTEXT_SLICES:
+            raise ValueError(f"outline refiner crop {data} is out of range (pixels a multiple of 8, "
+                             f"at most {MAX_CONTEXT_SLICES} context slices)")
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size_mm": self.size_mm, "pixels": self.pixels}
+        return {"size_mm": self.size_mm, "pixels": self.pixels, "context_slices": self.context_slices}
 
 
 def refined_labels(ontology: Ontology) -> list[int]:
@@ -145,19 +154,26 @@ def outline_jobs(labels: np.ndarray, grid: Any, wanted: list[int], spec: Outline
     return jobs
 
 
-def refiner_input(channels: np.ndarray, labels: np.ndarray, job: OutlineJob) -> np.ndarray:
-    """(INPUT_CHANNELS, pixels, pixels): T2 and T1 on the job's slice, masks from its hint slice."""
+def context_slices(k: int, num_slices: int, context: int) -> list[int]:
+    """Slice ``k`` and ``context`` either side, in slice order; the end slice repeats past the stack."""
+    return [min(max(k + offset, 0), num_slices - 1) for offset in range(-context, context + 1)]
+
+
+def refiner_input(channels: np.ndarray, labels: np.ndarray, job: OutlineJob, context: int = 0) -> np.ndarray:
+    """(``OutlineSpec.input_channels``, pixels, pixels): T2 on the job's slice and ``context`` either
+    side, T1 on the same slices, then the masks from its hint slice."""
     hint = labels[job.hint_slice]
     frame = job.frame
-    return np.stack([frame.sample(channels[0, job.slice_index]), frame.sample(channels[1, job.slice_index]),
-                     frame.sample((hint == job.label).astype(np.float32), order=0),
+    slices = context_slices(job.slice_index, labels.shape[0], context)
+    images = [frame.sample(channels[c, k]) for c in (0, 1) for k in slices]
+    return np.stack([*images, frame.sample((hint == job.label).astype(np.float32), order=0),
                      frame.sample(((hint != job.label) & (hint != 0)).astype(np.float32), order=0)])
 
 
 class OutlineRefiner:
     """The outline refiner bound to one study: ``refine(labels)`` redraws each disc and vertebra.
 
-    ``segment`` runs the refiner (ONNX Runtime in the worker, torch in evaluation) on (N, 4, P, P) inputs
+    ``segment`` runs the refiner (ONNX Runtime in the worker, torch in evaluation) on (N, C, P, P) inputs
     and returns (N, P, P) logits.
     """
 
@@ -186,7 +202,8 @@ class OutlineRefiner:
         best = np.full(labels.shape, 0.5, np.float32)
         for start in range(0, len(jobs), self.batch):
             chunk = jobs[start:start + self.batch]
-            logits = self.segment(np.stack([refiner_input(self.channels, labels, job) for job in chunk]))
+            logits = self.segment(np.stack([refiner_input(self.channels, labels, job, self.spec.context_slices)
+                                            for job in chunk]))
             probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)))
             for job, prob in zip(chunk, probs, strict=True):
                 box = job.frame.footprint(labels.shape[1:])

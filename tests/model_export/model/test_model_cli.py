@@ -230,7 +230,7 @@ def test_train_outlines_cli_adds_a_refiner_that_export_evaluate_and_the_onnx_pat
 
     refiner = tmp_path / "refiner.pt"
     assert main(["train-outlines", "--data", str(generated_set), "--val", str(generated_set), "--out", str(refiner),
-                 "--steps", "3", "--batch", "4", "--no-progress"]) == 0
+                 "--steps", "3", "--batch", "4", "--context-slices", "1", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0.0 <= report["val_hint_iou"] <= 1.0 and 0.0 <= report["val_refined_iou"] <= 1.0
     assert (tmp_path / "refiner_curves.png").stat().st_size > 1000
@@ -248,6 +248,7 @@ def test_train_outlines_cli_adds_a_refiner_that_export_evaluate_and_the_onnx_pat
     assert main(["export", "--checkpoint", str(full), "--out", str(model_dir), "--parity-study", str(study_dir)]) == 0
     card = json.loads((model_dir / "model.json").read_text())
     assert card["outline_refiner"]["crop"] == net.cfg.crop.to_dict()
+    assert card["outline_refiner"]["crop"]["context_slices"] == 1  # T2 and T1 on three slices: 8 channels
     assert "synthetic" in card["outline_refiner"]["trained_on"]["statement"]
     assert card["export_parity"]["onnxruntime_vs_torch"]["outline_refiner.onnx"]["logits"] < 2e-3
 
@@ -271,6 +272,7 @@ def test_train_outlines_cli_adds_a_refiner_that_export_evaluate_and_the_onnx_pat
     (["--data", "X"], "give --data and --out"),
     (["--refiner", "r.pt"], "--refiner only puts"),
     (["--data", "X", "--out", "o.pt", "--checkpoint", "c.pt"], "--checkpoint and --into go together"),
+    (["--data", "X", "--out", "o.pt", "--context-slices", "4"], "--context-slices must be 0..3"),
 ])
 def test_train_outlines_cli_names_what_is_missing(args, message, capsys):
     assert main(["train-outlines", *args]) == 2

@@ -11,6 +11,7 @@ from service.infer.outline_crops import (
     CropFrame,
     OutlineRefiner,
     OutlineSpec,
+    context_slices,
     outline_jobs,
     refiner_input,
 )
@@ -68,6 +69,32 @@ def test_structures_are_refined_one_slice_beyond_each_end_with_the_neighbours_hi
     assert x.shape == (4, 48, 48) and x[2].any() and x[3].any() and not (x[2] * x[3]).any()
 
 
+def test_context_slices_run_in_slice_order_and_repeat_the_end_slice_past_the_stack():
+    assert context_slices(3, 5, 0) == [3]
+    assert context_slices(2, 5, 1) == [1, 2, 3]
+    assert context_slices(0, 5, 2) == [0, 0, 0, 1, 2]
+    assert context_slices(4, 5, 1) == [3, 4, 4]
+
+
+def test_with_context_the_refiner_reads_t2_then_t1_on_the_neighbour_slices_and_the_hint_of_its_own():
+    labels = _spine()
+    channels = np.stack([np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None], labels.shape),
+                         np.broadcast_to(10 + np.arange(5, dtype=np.float32)[:, None, None], labels.shape)])
+    spec = OutlineSpec(size_mm=48.0, pixels=48, context_slices=1)
+    job = next(j for j in outline_jobs(labels, _grid(labels.shape), [L5], spec) if j.slice_index == 2)
+    x = refiner_input(channels, labels, job, spec.context_slices)
+    assert x.shape == (spec.input_channels, 48, 48) == (8, 48, 48)
+    centre = (24, 24)  # inside the slice: the sampled values are the slice numbers
+    assert [float(x[c][centre]) for c in range(6)] == [1.0, 2.0, 3.0, 11.0, 12.0, 13.0]
+    assert x[6].any() and x[7].any() and not (x[6] * x[7]).any()
+
+
+def test_an_outline_crop_from_a_card_without_context_reads_the_slice_alone():
+    spec = OutlineSpec.from_card({"size_mm": 120.0, "pixels": 128})
+    assert spec.context_slices == 0 and spec.input_channels == 4
+    assert OutlineSpec.from_card(OutlineSpec(context_slices=2).to_dict()).input_channels == 12
+
+
 def test_a_refiner_that_echoes_its_hint_keeps_the_delivered_outlines():
     labels = _spine()
     refiner = OutlineRefiner(_channels(labels), _grid(labels.shape), SPEC, [L5, L5_S1], _echo)
@@ -117,7 +144,7 @@ def test_postprocessing_measures_and_reports_the_redrawn_outlines():
 
 
 @pytest.mark.parametrize("bad", [{"size_mm": 120, "pixels": 100}, {"size_mm": 0, "pixels": 64},
-                                 {"size_mm": 120}])
+                                 {"size_mm": 120}, {"size_mm": 120, "pixels": 128, "context_slices": 4}])
 def test_a_malformed_outline_crop_is_refused(bad):
     with pytest.raises((ValueError, KeyError)):
         OutlineSpec.from_card(bad)
