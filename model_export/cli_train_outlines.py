@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="channels per U-Net level, each level halving the grid (default 8 16 32 64)")
     parser.add_argument("--context-slices", type=int, default=0, metavar="N",
                         help="also read T2 and T1 on N slices either side of the one redrawn (default 0)")
+    parser.add_argument("--init", type=Path, default=None, metavar="REFINER",
+                        help="continue this refiner file for a further cycle of --steps (its widths and crop)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the cycle (default 3e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--max-cases", type=int, default=None, help="read at most this many cases of each set")
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--widths takes 2 to 6 channel counts, each 1..512")
     if not 0 <= args.context_slices <= MAX_CONTEXT_SLICES:
         raise ConfigError(f"--context-slices must be 0..{MAX_CONTEXT_SLICES}")
+    if not 0.0 < args.lr <= 1.0:
+        raise ConfigError("--lr must be in (0, 1]")
+    if args.init is not None and not args.init.is_file():
+        raise ConfigError(f"--init {args.init} is not a refiner file")
     torch.set_num_threads(max(1, args.threads))
     refiner = args.refiner
     if refiner is None:
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         val = None if args.val is None else discover_cases(args.val)[:args.max_cases]
         report = train_refiner_file(train, val, args.out, args.steps, args.batch, args.seed,
                                     progress=not args.no_progress, widths=args.widths,
-                                    context_slices=args.context_slices,
+                                    context_slices=args.context_slices, lr=args.lr, init=args.init,
                                     sources={"data_dir": str(args.data),
                                              "val_dir": None if args.val is None else str(args.val)})
         print(json.dumps(report, indent=1))

@@ -180,13 +180,16 @@ def validation_iou(net: OutlineRefinerNet, val: tuple[torch.Tensor, torch.Tensor
 
 def train_outline_refiner(train: list[OutlineCase], val: list[OutlineCase], cfg: OutlineRefinerConfig, steps: int,
                           batch: int = 24, lr: float = 3e-3, seed: int = 0, val_samples: int = 384,
-                          validate_every: int = 250, progress: bool = True
+                          validate_every: int = 250, progress: bool = True,
+                          init_state: dict[str, Any] | None = None
                           ) -> tuple[OutlineRefinerNet, list[dict[str, Any]]]:
-    """One-cycle AdamW on BCE + soft Dice; history rows for the curves."""
+    """One-cycle AdamW on BCE + soft Dice, from ``init_state`` when given; history rows for the curves."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    val_set = draw_batch(val, cfg.crop, val_samples, np.random.default_rng(seed + 1)) if val else None
+    val_set = draw_batch(val, cfg.crop, val_samples, np.random.default_rng(1)) if val else None
     net = OutlineRefinerNet(cfg)
+    if init_state is not None:
+        net.load_state_dict(init_state)
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
@@ -233,23 +236,34 @@ def train_refiner_file(train_cases: list[tuple[str, Callable[[], Case]]],
                        val_cases: list[tuple[str, Callable[[], Case]]] | None, out: Path, steps: int,
                        batch: int = 24, seed: int = 0, progress: bool = True, sources: dict[str, Any] | None = None,
                        ontology: Ontology = DEFAULT_ONTOLOGY, widths: list[int] | None = None,
-                       context_slices: int = 0) -> dict[str, Any]:
-    """Train a refiner and write it alone to ``out`` ({CHECKPOINT_KEY: entry}), with curves and history."""
-    crop = OutlineSpec(context_slices=context_slices)
-    cfg = OutlineRefinerConfig(crop=crop) if widths is None else OutlineRefinerConfig(tuple(widths), crop)
+                       context_slices: int = 0, lr: float = 3e-3, init: Path | None = None) -> dict[str, Any]:
+    """Train a refiner and write it alone to ``out`` ({CHECKPOINT_KEY: entry}), with curves and history.
+
+    ``init`` continues a refiner trained before (its widths and crop, a further cycle of ``steps``): the
+    validation IoU was still rising when the default cycle ended (model_export/RESULTS.md, session 14)."""
+    init_entry = None if init is None else read_refiner_entry(init)
+    if init_entry is not None:
+        cfg = OutlineRefinerConfig.from_dict(init_entry["config"])
+    else:
+        crop = OutlineSpec(context_slices=context_slices)
+        cfg = OutlineRefinerConfig(crop=crop) if widths is None else OutlineRefinerConfig(tuple(widths), crop)
     started = time.perf_counter()
     train = load_outline_cases(train_cases, ontology, progress, "training cases")
     if not train:
         raise ConfigError("no training case labels a disc or vertebra: nothing to train the outline refiner on")
     val = load_outline_cases(val_cases or [], ontology, progress, "validation cases")
     load_s = time.perf_counter() - started
-    net, history = train_outline_refiner(train, val, cfg, steps, batch, seed=seed, progress=progress)
+    net, history = train_outline_refiner(train, val, cfg, steps, batch, lr, seed=seed, progress=progress,
+                                         init_state=None if init_entry is None else init_entry["state"])
     final = next((h for h in reversed(history) if "refined_iou" in h), None)
     entry = {
         "config": cfg.to_dict(),
         "state": net.state_dict(),
         "provenance": {**(sources or {}), "cases": len(train), "val_cases": len(val), "steps": steps,
-                       "batch": batch, "seed": seed, "load_seconds": round(load_s, 1),
+                       "batch": batch, "seed": seed, "lr": lr, "load_seconds": round(load_s, 1),
+                       "continued_from": None if init_entry is None else {
+                           "file": str(init), "steps": init_entry["provenance"].get("steps"),
+                           "train_seconds": init_entry["provenance"].get("train_seconds")},
                        "train_seconds": round(history[-1]["seconds"], 1),
                        "val_hint_iou": None if final is None else round(final["hint_iou"], 4),
                        "val_refined_iou": None if final is None else round(final["refined_iou"], 4)},
@@ -263,15 +277,20 @@ def train_refiner_file(train_cases: list[tuple[str, Callable[[], Case]]],
     return {"out": str(out), "curves": str(curves), **entry["provenance"]}
 
 
+def read_refiner_entry(refiner_file: Path) -> dict[str, Any]:
+    """The refiner entry (config, state, provenance) of a ``train-outlines --out`` file."""
+    entry = torch.load(str(refiner_file), map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+    if entry is None:
+        raise ConfigError(f"{refiner_file} holds no outline refiner")
+    return entry
+
+
 def attach_refiner(checkpoint: Path, refiner_file: Path, out: Path) -> dict[str, Any]:
     """Write a copy of ``checkpoint`` that also holds the refiner of ``refiner_file``."""
     from model_export.model.network import load_checkpoint
 
     _, ckpt = load_checkpoint(checkpoint)
-    entry = torch.load(str(refiner_file), map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
-    if entry is None:
-        raise ConfigError(f"{refiner_file} holds no outline refiner")
-    ckpt[CHECKPOINT_KEY] = entry
+    ckpt[CHECKPOINT_KEY] = read_refiner_entry(refiner_file)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, str(out))

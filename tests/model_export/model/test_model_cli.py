@@ -268,11 +268,31 @@ def test_train_outlines_cli_adds_a_refiner_that_export_evaluate_and_the_onnx_pat
     assert np.isfinite(summary["onnx +post"]["miou"])
 
 
+def test_train_outlines_cli_continues_a_refiner_with_its_own_widths_and_crop(generated_set, tmp_path, capsys):
+    import torch
+
+    from model_export.model.outline_refiner import CHECKPOINT_KEY
+
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    common = ["--data", str(generated_set), "--steps", "2", "--batch", "2", "--no-progress"]
+    assert main(["train-outlines", *common, "--out", str(first), "--widths", "4", "8", "--context-slices", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train-outlines", *common, "--out", str(second), "--init", str(first), "--lr", "1e-3",
+                 "--seed", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["continued_from"] == {"file": str(first), "steps": 2, "train_seconds": report["continued_from"][
+        "train_seconds"]} and report["lr"] == 1e-3
+    entry = torch.load(str(second), map_location="cpu", weights_only=False)[CHECKPOINT_KEY]
+    assert entry["config"]["widths"] == [4, 8] and entry["config"]["crop"]["context_slices"] == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "X"], "give --data and --out"),
     (["--refiner", "r.pt"], "--refiner only puts"),
     (["--data", "X", "--out", "o.pt", "--checkpoint", "c.pt"], "--checkpoint and --into go together"),
     (["--data", "X", "--out", "o.pt", "--context-slices", "4"], "--context-slices must be 0..3"),
+    (["--data", "X", "--out", "o.pt", "--lr", "0"], "--lr must be in (0, 1]"),
+    (["--data", "X", "--out", "o.pt", "--init", "missing.pt"], "--init missing.pt is not a refiner file"),
 ])
 def test_train_outlines_cli_names_what_is_missing(args, message, capsys):
     assert main(["train-outlines", *args]) == 2
