@@ -172,7 +172,7 @@ def validation_iou(net: OutlineRefinerNet, val: tuple[torch.Tensor, torch.Tensor
     with torch.no_grad():
         refined = torch.cat([net(x[i:i + 32]) for i in range(0, len(x), 32)]) > 0
     net.train()
-    hint, truth = x[:, 2].numpy() > 0.5, y.numpy() > 0.5
+    hint, truth = x[:, -2].numpy() > 0.5, y.numpy() > 0.5  # the hint is the last channel but one
     keep = [i for i in range(len(x)) if hint[i].any() or truth[i].any()]
     return {"hint_iou": float(np.mean([iou(hint[i], truth[i]) for i in keep])),
             "refined_iou": float(np.mean([iou(refined[i].numpy(), truth[i]) for i in keep]))}
