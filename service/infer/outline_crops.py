@@ -95,10 +95,14 @@ class CropFrame:
 
     def sample(self, image: np.ndarray, order: int = 1) -> np.ndarray:
         """(pixels, pixels) of a (rows, cols) slice; zeros off the slice. ``order`` 0 for masks."""
+        return self.sample_slices(image[None], order)[0]
+
+    def sample_slices(self, images: np.ndarray, order: int = 1) -> np.ndarray:
+        """(k, pixels, pixels) of k (rows, cols) slices, the crop's coordinates computed once."""
         i, j = np.meshgrid(np.arange(self.pixels), np.arange(self.pixels), indexing="ij")
-        rows = self.origin[0] + i * self.di[0] + j * self.dj[0]
-        cols = self.origin[1] + i * self.di[1] + j * self.dj[1]
-        return ndimage.map_coordinates(image, [rows, cols], order=order, cval=0.0).astype(np.float32)
+        coords = [self.origin[0] + i * self.di[0] + j * self.dj[0], self.origin[1] + i * self.di[1] + j * self.dj[1]]
+        return np.stack([ndimage.map_coordinates(image, coords, order=order, cval=0.0).astype(np.float32)
+                         for image in images])
 
     def footprint(self, shape: tuple[int, int]) -> tuple[slice, slice]:
         """The box of slice pixels the crop covers, clipped to the slice."""
@@ -165,9 +169,9 @@ def refiner_input(channels: np.ndarray, labels: np.ndarray, job: OutlineJob, con
     hint = labels[job.hint_slice]
     frame = job.frame
     slices = context_slices(job.slice_index, labels.shape[0], context)
-    images = [frame.sample(channels[c, k]) for c in (0, 1) for k in slices]
-    return np.stack([*images, frame.sample((hint == job.label).astype(np.float32), order=0),
-                     frame.sample(((hint != job.label) & (hint != 0)).astype(np.float32), order=0)])
+    masks = np.stack([hint == job.label, (hint != job.label) & (hint != 0)]).astype(np.float32)
+    return np.concatenate([frame.sample_slices(channels[:, slices].reshape(-1, *hint.shape)),
+                           frame.sample_slices(masks, order=0)])
 
 
 class OutlineRefiner:
