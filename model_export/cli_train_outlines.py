@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context-slices must be 0..{MAX_CONTEXT_SLICES}")
     if not 0.0 < args.lr <= 1.0:
         raise ConfigError("--lr must be in (0, 1]")
+    if args.init is not None and (args.widths is not None or args.context_slices):
+        raise ConfigError("--init keeps the refiner's own widths and crop: drop --widths and --context-slices")
     if args.init is not None and not args.init.is_file():
         raise ConfigError(f"--init {args.init} is not a refiner file")
     torch.set_num_threads(max(1, args.threads))

@@ -293,6 +293,7 @@ def test_train_outlines_cli_continues_a_refiner_with_its_own_widths_and_crop(gen
     (["--data", "X", "--out", "o.pt", "--context-slices", "4"], "--context-slices must be 0..3"),
     (["--data", "X", "--out", "o.pt", "--lr", "0"], "--lr must be in (0, 1]"),
     (["--data", "X", "--out", "o.pt", "--init", "missing.pt"], "--init missing.pt is not a refiner file"),
+    (["--data", "X", "--out", "o.pt", "--init", "r.pt", "--widths", "4", "8"], "--init keeps the refiner's own"),
 ])
 def test_train_outlines_cli_names_what_is_missing(args, message, capsys):
     assert main(["train-outlines", *args]) == 2
