@@ -12,6 +12,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", type=Path, required=True,
                         help="generated studies, a SPIDER layout (images/, masks/), or case folders with labels.*")
+    parser.add_argument("--real", type=Path, default=None, metavar="DIR",
+                        help="real labelled case folders (case.json) to mix in; the validation split's cases are left out")
+    parser.add_argument("--real-share", type=float, default=0.5,
+                        help="with --real: the share of steps drawn from the real cases (default 0.5)")
+    parser.add_argument("--real-split", type=Path, default=None,
+                        help="with --real: a split file {\"validation\": [case names]} (default: the committed split)")
     parser.add_argument("--config", default="demo", choices=sorted(CONFIGS), help="named configuration")
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.png, history.json")
     parser.add_argument("--variant", choices=["text_guided", "visual_only", "unet"], default="text_guided",
@@ -70,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         train_changes["time_budget_s"] = args.budget_s
     if args.seed is not None:
         train_changes["seed"] = args.seed
+    if getattr(args, "real", None) is not None:
+        if not 0.0 < args.real_share < 1.0:
+            raise ConfigError(f"--real-share {args.real_share}: give a share between 0 and 1")
+        train_changes["real_share"] = args.real_share
     if args.threads is not None:
         train_changes["threads"] = args.threads
     run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model, **model_changes),
@@ -78,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_init = pretrained_initialiser(getattr(args, "init_image", None), getattr(args, "init_text", None))
     path = train(args.data, run_cfg, args.out, resume=args.resume, max_cases=args.max_cases,
-                 progress=not args.no_progress, model_init=model_init)
+                 progress=not args.no_progress, model_init=model_init, real_dir=getattr(args, "real", None),
+                 real_split=getattr(args, "real_split", None))
     print(f"checkpoint: {path}")
     return 0

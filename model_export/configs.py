@@ -66,6 +66,8 @@ class TrainConfig:
     survey_fraction: float = 0.3
     """With a spine band view: the share of steps that show the square survey view instead of the band."""
     augment: bool = True
+    real_share: float = 0.0
+    """With real labelled cases beside the generated ones: the share of steps drawn from the real cases."""
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100

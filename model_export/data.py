@@ -41,6 +41,11 @@ class Case:
     slice_spacing: float = 1.0
     direction: np.ndarray = field(default_factory=lambda: SAGITTAL_DIRECTION.copy())
     """3x3, ITK's convention: columns are the patient directions of increasing column, row, slice index."""
+    partial: bool = False
+    """An unlabelled voxel is unknown, not background (real scans labelled for some structures only; see
+    model_export.real_cases). False: every voxel outside the labels is background or an unlabelled class."""
+    level_known: bool = True
+    """False: labels count vertebral bodies from the bottom (real_cases.RANK_BASE + 1, ...), levels unknown."""
 
     @property
     def reference(self) -> np.ndarray:
@@ -230,9 +235,14 @@ def read_volume_case(case_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> C
 
 def discover_cases(data_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> list[tuple[str, Callable[[], Case]]]:
     """(name, loader) for every case under ``data_dir``, in a stable order; loaders read on call."""
+    from model_export.real_cases import discover_real_cases, is_real_case
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"data folder {data_dir} does not exist")
+    if is_real_case(data_dir) or any(is_real_case(p) for p in [*data_dir.glob("*"), *data_dir.glob("*/*")]
+                                     if p.is_dir()):
+        return discover_real_cases(data_dir, ontology)
     if (data_dir / "truth.json").is_file():
         return [(data_dir.name, lambda d=data_dir: read_generated_study(d, ontology))]
     if (data_dir / "images").is_dir() and (data_dir / "masks").is_dir():

@@ -35,7 +35,7 @@ from model_export.model.network import (
 from model_export.model.predict import predict_volume
 from model_export.training.augment import StepAugment
 from model_export.training.curves import plot_curves
-from model_export.training.prepare import PreparedCase, prepare_case
+from model_export.training.prepare import PreparedCase, prepare_case, rank_chain
 from service.errors import ConfigError
 from service.ontology import DEFAULT_ONTOLOGY, Ontology
 
@@ -96,10 +96,11 @@ def training_step(model: torch.nn.Module, batch: PreparedCase, window: slice, au
         image, target = batch.image[window], batch.target[window]
     image, target = augment(image, target, batch.has_t2, batch.has_t1)
     out = model(image)
-    losses = {"segmentation": seg_loss(out["logits"], target, batch.labelled)}
+    losses = {"segmentation": seg_loss(out["logits"], target, batch.labelled, batch.rank_count)}
     if "finding_pixel_logits" in out:
         low = out["finding_pixel_logits"]
-        target_low = F.interpolate(target[:, None].float(), size=low.shape[-2:], mode="nearest")[:, 0]
+        stated = torch.where(target <= model.num_structures, target, 0)  # unknown and ranked voxels state nothing
+        target_low = F.interpolate(stated[:, None].float(), size=low.shape[-2:], mode="nearest")[:, 0]
         losses["findings"] = finding_loss(low, target_low, model.num_structures, batch.finding_targets,
                                           batch.finding_known, run.model.finding_pool_dilation)
     losses["total"] = losses["segmentation"] + run.train.finding_loss_weight * losses.get("findings", 0.0)
@@ -148,11 +149,14 @@ def threshold_report(pairs: dict[str, list[tuple[float, bool]]], thresholds: dic
 
 def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
           ontology: Ontology = DEFAULT_ONTOLOGY, max_cases: int | None = None, progress: bool = True,
-          model_init: Callable[[torch.nn.Module], dict[str, Any]] | None = None) -> Path:
+          model_init: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
+          real_dir: Path | None = None, real_split: Path | None = None) -> Path:
     """Train ``run`` on the cases under ``data_dir``; returns the path of the final checkpoint.
 
     ``model_init`` (e.g. ``model_export.pretrain.init.pretrained_initialiser``) loads pretrained weights into
     the fresh model before training; what it returns is kept in the checkpoint's provenance.
+    ``real_dir``: real labelled case folders (model_export.real_cases) mixed in at ``run.train.real_share``
+    of the steps; the cases of the validation split (``real_split``, default the committed one) are left out.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +169,10 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     # one case at a time: only the model-size arrays stay in memory, not every study at full resolution
     prepared = [prepare_case(load(), run.model.view(), ontology) for _, load in train_found]
     val_cases = [load() for _, load in val_found]
+    real_found = real_training_cases(real_dir, real_split, ontology) if real_dir is not None else []
+    if real_found and not 0.0 < run.train.real_share < 1.0:
+        raise ConfigError(f"real cases given but real_share is {run.train.real_share}: give a share in (0, 1)")
+    real_prepared = [prepare_case(load(), run.model.view(), ontology) for _, load in real_found]
     model = build_model(run, ontology, work_dir=out_dir)
     initialised_from = model_init(model) if model_init is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -180,7 +188,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
         log.info("resumed from %s at step %d", last, state["step"])
     rng = np.random.default_rng(run.train.seed + state["step"])
     augment = StepAugment(run.train.seed + state["step"], run.train.sequence_dropout, run.train.augment)
-    seg_loss = PartialDiceCELoss()
+    seg_loss = PartialDiceCELoss(rank_chain(ontology))
     started = time.perf_counter() - state["elapsed_s"]
     cpu_started = time.process_time() - state.get("cpu_s", 0.0)
     bar = tqdm(total=run.train.steps, initial=state["step"], disable=not progress, desc=f"train {run.name}")
@@ -190,7 +198,8 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
         lr = lr_at(step, run, budget_seconds(state, run))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = prepared[int(rng.integers(len(prepared)))]
+        pool = real_prepared if real_prepared and rng.random() < run.train.real_share else prepared
+        batch = pool[int(rng.integers(len(pool)))]
         window = sample_window(batch, run.train.slices_per_step, rng)
         band = run.model.band_size is not None and rng.random() >= run.train.survey_fraction
         losses = training_step(model, batch, window, augment, seg_loss, run, band)
@@ -222,6 +231,8 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     final = validate(model, val_cases, run, ontology) if val_cases else {"dice": None, "finding_pairs": {}}
     thresholds = tune_thresholds(final["finding_pairs"]) if isinstance(model, LumbarSegmenter) else {}
     provenance = {"data_dir": str(data_dir), "training_cases": [name for name, _ in train_found],
+                  "real_data_dir": None if real_dir is None else str(real_dir),
+                  "real_training_cases": [name for name, _ in real_found], "real_share": run.train.real_share,
                   "validation_cases": [c.name for c in val_cases], "steps": state["step"],
                   "wall_time_s": round(state["elapsed_s"], 1), "cpu_time_s": round(state.get("cpu_s", 0.0), 1),
                   "budget_s_on_dedicated_cores": round(budget_seconds(state, run), 1), "threads": run.train.threads,
@@ -230,6 +241,16 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     _save(path, model, optimizer, state, run, ontology, thresholds=thresholds, provenance=provenance)
     (out_dir / "history.json").write_text(json.dumps(state["history"]))
     return path
+
+
+def real_training_cases(real_dir: Path, split: Path | None, ontology: Ontology) -> list:
+    """(name, loader) of the real cases to train on: all under ``real_dir`` but the validation split's."""
+    from model_export.real_cases import SPLIT_FILE, discover_real_cases, split_real_cases
+
+    found = split_real_cases(discover_real_cases(real_dir, ontology), split or SPLIT_FILE, "training")
+    if not found:
+        raise ConfigError(f"no real training cases under {real_dir} outside the validation split")
+    return found
 
 
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from model_export.data import Case
+from model_export.model.losses import IGNORE_INDEX
 from service.infer.input_view import InputView, crop_to_box
 from service.infer.model import model_input, pad_to_square
 from service.ontology import Ontology
@@ -31,6 +32,8 @@ class PreparedCase:
     band_image: torch.Tensor | None = None
     """(n, 2, H, W): the spine band view around the true labels, for a model that has one."""
     band_target: torch.Tensor | None = None
+    rank_count: int = 0
+    """Vertebral bodies of unknown level in the case (labels RANK_BASE + 1 ...); 0 when levels are known."""
 
 
 def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -40,6 +43,36 @@ def resize_labels_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return labels[:, rows][:, :, cols]
 
 
+POSTERIOR_EXTENT_MM = 60.0
+"""How far behind a labelled vertebral body its posterior elements may reach: a body-only case's band box
+is drawn around its bodies stretched back this far, as the served band is drawn around whole vertebrae."""
+
+
+def training_target(case: Case) -> np.ndarray:
+    """The case's labels as loss targets (uint8): a partial case's unknown voxels become IGNORE_INDEX,
+    except those far in front of its labels, which are background (real_cases.anterior_background)."""
+    if not case.partial:
+        return case.labels
+    from model_export.real_cases import anterior_background
+
+    target = np.full(case.labels.shape, IGNORE_INDEX, dtype=np.uint8)
+    target[anterior_background(case.labels, case.pixel_spacing)] = 0
+    target[case.labels > 0] = case.labels[case.labels > 0]
+    return target
+
+
+def band_labels(case: Case) -> np.ndarray:
+    """Labels to draw the band box around: a partial case's bodies stretched back to their posterior elements."""
+    if not case.partial:
+        return case.labels
+    shift = int(round(POSTERIOR_EXTENT_MM / case.pixel_spacing[1]))
+    out = case.labels > 0
+    stretched = out.copy()
+    for step in range(1, shift + 1):
+        stretched[:, :, step:] |= out[:, :, :-step]
+    return stretched.astype(np.uint8)
+
+
 def prepare_case(case: Case, view: InputView, ontology: Ontology) -> PreparedCase:
     """``view``: the model's input view (``ModelConfig.view()``).
 
@@ -47,18 +80,25 @@ def prepare_case(case: Case, view: InputView, ontology: Ontology) -> PreparedCas
     augmentation's random scale and shift stand in for the difference.
     """
     image = model_input(case.t2, case.t1, view.survey_size)
-    target = resize_labels_nearest(pad_to_square(case.labels), view.survey_size)
+    labels = training_target(case)
+    target = resize_labels_nearest(pad_to_square(labels), view.survey_size)
     band_image = band_target = None
     if view.band_size is not None:
-        box = view.band_box(case.labels)
+        box = view.band_box(band_labels(case))
         band_image = torch.from_numpy(model_input(case.t2, case.t1, view.band_size, box=box))
         band_target = torch.from_numpy(
-            resize_labels_nearest(crop_to_box(case.labels, box), view.band_size).astype(np.int64))
+            resize_labels_nearest(crop_to_box(labels, box), view.band_size).astype(np.int64))
     k, f = len(ontology.structures), len(ontology.findings)
     labelled = torch.zeros(k + 1, dtype=torch.bool)
     labelled[0] = True
-    for label in case.labelled:
-        labelled[label] = True
+    rank_count = 0
+    if case.level_known:
+        for label in case.labelled:
+            labelled[label] = True
+    else:  # ranked bodies: every name of the chain they may take is in play
+        rank_count = len(case.labelled)
+        for label in rank_chain(ontology):
+            labelled[label] = True
     targets = torch.zeros(k, f)
     known = torch.zeros(k, f, dtype=torch.bool)
     keys = [x.key for x in ontology.findings]
@@ -68,4 +108,10 @@ def prepare_case(case: Case, view: InputView, ontology: Ontology) -> PreparedCas
                 targets[label - 1, keys.index(key)] = float(present)
                 known[label - 1, keys.index(key)] = True
     return PreparedCase(case.name, torch.from_numpy(image), torch.from_numpy(target.astype(np.int64)),
-                        labelled, targets, known, case.t2 is not None, case.t1 is not None, band_image, band_target)
+                        labelled, targets, known, case.t2 is not None, case.t1 is not None, band_image, band_target,
+                        rank_count)
+
+
+def rank_chain(ontology: Ontology) -> tuple[int, ...]:
+    """The names a run of bodies counted from the bottom may take: sacrum (S1), L5, L4, ... T9."""
+    return tuple(s.label for s in ontology.caudal_to_cranial() if s.kind != "disc")

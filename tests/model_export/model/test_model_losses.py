@@ -72,3 +72,71 @@ def test_widened_finding_loss_also_trains_the_pixels_just_outside_a_structure():
     loss.backward()
     rows_with_gradient = (pixel_logits.grad[0, 0].abs().sum(1) > 0).nonzero().ravel().tolist()
     assert rows_with_gradient == [1, 2, 3, 4]
+
+
+def test_with_every_voxel_stated_the_loss_is_monai_dice_ce_on_the_merged_distribution():
+    from monai.losses import DiceCELoss
+
+    logits, target = _logits_and_target()
+    labelled = torch.tensor([True, True, True, False])
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5,
+                       smooth_dr=1e-5, batch=True)
+    expected = monai(merge_unlabelled(logits, labelled), target[:, None])
+    assert torch.isclose(PartialDiceCELoss()(logits, target, labelled), expected, atol=1e-5)
+
+
+def test_unknown_voxels_get_zero_gradient():
+    from model_export.model.losses import IGNORE_INDEX
+
+    logits, target = _logits_and_target()
+    logits.requires_grad_(True)
+    target[:, :4] = IGNORE_INDEX
+    PartialDiceCELoss()(logits, target, torch.ones(4, dtype=torch.bool)).backward()
+    assert logits.grad[:, :, :4].abs().max() == 0
+    assert logits.grad[:, :, 4:].abs().max() > 0
+
+
+def test_posterior_elements_of_a_body_only_case_get_zero_gradient():
+    """A body labelled L4 (value 3) beside its unlabelled arch: the arch may be L4 or anything else."""
+    from model_export.model.losses import IGNORE_INDEX
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 20, 12, 12, requires_grad=True)
+    target = torch.full((1, 12, 12), IGNORE_INDEX)
+    target[0, 4:8, 0:3] = 0  # far in front of the body: background
+    target[0, 4:8, 4:8] = 3  # the body
+    labelled = torch.zeros(20, dtype=torch.bool)
+    labelled[[0, 3]] = True
+    PartialDiceCELoss()(logits, target, labelled).backward()
+    arch = logits.grad[0, :, 4:8, 8:]
+    assert arch.abs().max() == 0
+    assert logits.grad[0, :, 4:8, 4:8].abs().max() > 0
+
+
+def _ranked(names: list[int], chain_len: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits that name body r (from the bottom) ``names[r - 1]`` with high confidence."""
+    from model_export.real_cases import RANK_BASE
+
+    logits = torch.zeros(1, 8, 4, 3 * len(names))
+    target = torch.full((1, 4, 3 * len(names)), 255)
+    for r, name in enumerate(names, start=1):
+        logits[0, name, :, 3 * (r - 1): 3 * r] = 8.0
+        target[0, :, 3 * (r - 1): 3 * r] = RANK_BASE + r
+    return logits, target
+
+
+def test_ranked_bodies_cost_the_same_whichever_consecutive_run_names_them():
+    loss = PartialDiceCELoss(chain=(1, 2, 3, 4, 5, 6))
+    labelled = torch.ones(8, dtype=torch.bool)
+    low = loss(*_ranked([1, 2, 3]), labelled, rank_count=3)
+    high = loss(*_ranked([3, 4, 5]), labelled, rank_count=3)
+    assert torch.isclose(low, high, atol=1e-4)
+
+
+def test_ranked_bodies_named_out_of_order_cost_more_than_a_run():
+    loss = PartialDiceCELoss(chain=(1, 2, 3, 4, 5, 6))
+    labelled = torch.ones(8, dtype=torch.bool)
+    run = loss(*_ranked([2, 3, 4]), labelled, rank_count=3)
+    swapped = loss(*_ranked([3, 2, 4]), labelled, rank_count=3)
+    skipped = loss(*_ranked([2, 4, 5]), labelled, rank_count=3)
+    assert swapped > run + 1.0 and skipped > run + 1.0

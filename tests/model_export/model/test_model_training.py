@@ -108,3 +108,53 @@ def test_a_training_step_on_the_band_view_gives_finite_losses(tiny_cases, tmp_pa
     losses = training_step(model, batch, slice(0, 4), StepAugment(0, 0.25), PartialDiceCELoss(), run, band=True)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
+
+
+@pytest.fixture
+def real_root(tmp_path, write_real_case, bodies):
+    """Two body-only cases of known level and one of unknown level, the bodies 28 mm from the front."""
+    import numpy as np
+
+    root = tmp_path / "real"
+    known, ranked = (np.roll(bodies(v, shape=(4, 64, 64)), 30, axis=2) for v in ([2, 3, 4], [101, 102, 103]))
+    write_real_case(root / "vb2" / "case01", known)
+    write_real_case(root / "vb2" / "case02", known)
+    write_real_case(root / "vb1" / "case03", ranked)
+    return root
+
+
+def test_a_body_only_case_trains_on_its_bodies_and_the_tissue_in_front_and_nothing_else(real_root):
+    from model_export.model.losses import IGNORE_INDEX
+    from model_export.real_cases import read_real_case
+
+    case = read_real_case(real_root / "vb2" / "case01")
+    view = dataclasses.replace(get_config("tiny").model, input_size=64, band_size=(64, 32)).view()
+    batch = prepare_case(case, view, DEFAULT_ONTOLOGY)
+    values = set(torch.unique(batch.target).tolist())
+    assert values == {0, 2, 3, 4, IGNORE_INDEX}
+    assert batch.labelled.nonzero().flatten().tolist() == [0, 2, 3, 4]
+    assert batch.rank_count == 0
+    assert (batch.target[1, 57, 53:] == IGNORE_INDEX).all()  # behind a body: its arch is unknown
+    assert (batch.target[1, 57, :20] == 0).all()  # over 20 mm in front of it: background
+    ranked = prepare_case(read_real_case(real_root / "vb1" / "case03"), view, DEFAULT_ONTOLOGY)
+    assert ranked.rank_count == 3
+    assert ranked.labelled[1:11].all() and not ranked.labelled[11:].any()  # sacrum and vertebrae in play
+
+
+def test_training_mixes_real_cases_leaves_the_validation_split_out_and_records_them(tiny_cases, real_root,
+                                                                                   tmp_path):
+    root = real_root
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": ["vb2/case02"]}))
+    run = get_config("tiny")
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=6, real_share=0.5))
+    _, ckpt = load_checkpoint(train(tiny_cases, run, tmp_path / "run", progress=False, real_dir=root,
+                                    real_split=split))
+    assert ckpt["provenance"]["real_training_cases"] == ["vb1/case03", "vb2/case01"]
+    assert ckpt["run"]["train"]["real_share"] == 0.5
+    assert all(torch.isfinite(torch.tensor(h["segmentation"])) for h in ckpt["state"]["history"])
+
+
+def test_real_cases_without_a_share_are_refused(tiny_cases, real_root, tmp_path):
+    with pytest.raises(ConfigError, match="real_share"):
+        train(tiny_cases, get_config("tiny"), tmp_path / "run", progress=False, real_dir=real_root)

@@ -1,0 +1,140 @@
+"""Real scans with partial labels: case folders described by a ``case.json``, and the fixed validation split.
+
+A case folder holds one image (``t2.*``, ``t1.*``, or ``image.*`` for a sequence that is neither, such as
+a water-fat gradient echo), ``labels.*`` on the same grid, and ``case.json``::
+
+    {"voxel_mm": [1, 1, 3], "sequence": "...", "structures": "...", "levels": "...",
+     "label_values": [2, 3, 4, 5, 6]}
+
+``label_values`` are the values the labels use. Values 1-19 are the ontology's structures, labelled for
+that structure only where the source draws it: a "vertebra" label covers the vertebral body, never the
+posterior elements, so everything unlabelled is *unknown*, not background. Values from ``RANK_BASE + 1``
+count vertebral bodies from the bottom where the source does not know their levels: such a case teaches
+where bodies are and that their names form one consecutive run, nothing more.
+
+An ``image.*`` joins as the T2 channel: the water-fat images at hand show T2-like contrast (bright CSF
+and nuclei), and the service feeds a study's only sagittal series there too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from model_export.data import Case, _find_volume, read_oriented
+from service.errors import ConfigError
+from service.ontology import DEFAULT_ONTOLOGY, Ontology
+
+RANK_BASE = 100
+"""Labels RANK_BASE + 1, + 2, ... are vertebral bodies of unknown level, counted from the bottom."""
+SOFT_TISSUE_MARGIN_MM = 20.0
+"""Nothing of the ontology lies farther than this in front of the vertebral bodies and discs at their height:
+such voxels are background in training and "labels on soft tissue" in evaluation."""
+SPLIT_FILE = Path(__file__).with_name("real_split.json")
+"""The fixed validation split of the real labelled cases (case names such as ``vb3/case02``)."""
+
+
+def is_real_case(folder: Path) -> bool:
+    return (Path(folder) / "case.json").is_file() and _find_volume(Path(folder), "labels") is not None
+
+
+def read_real_case(case_dir: Path, name: str | None = None, ontology: Ontology = DEFAULT_ONTOLOGY) -> Case:
+    """A ``case.json`` folder as a partial-label :class:`Case` (``partial=True``)."""
+    import SimpleITK as sitk
+
+    case_dir = Path(case_dir)
+    try:
+        meta = json.loads((case_dir / "case.json").read_text())
+        values = [int(v) for v in meta["label_values"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{case_dir / 'case.json'}: needs a list \"label_values\" of integers ({exc})") from exc
+    known = {s.label for s in ontology.structures}
+    ranks = [v for v in values if v > RANK_BASE]
+    wrong = [v for v in values if v not in known and v <= RANK_BASE]
+    if wrong or (ranks and len(ranks) != len(values)):
+        raise ConfigError(f"{case_dir / 'case.json'}: label_values {values} mix or leave the ontology's values "
+                          f"and unknown-level ranks ({RANK_BASE + 1}, {RANK_BASE + 2}, ...)")
+    paths = {key: _find_volume(case_dir, key) for key in ("t2", "t1", "image", "labels")}
+    image_path = paths["t2"] or paths["image"] or paths["t1"]
+    if image_path is None or paths["labels"] is None:
+        raise ConfigError(f"{case_dir} needs labels.* and one of t2.*, t1.*, image.*")
+    image = read_oriented(image_path)
+    labels_img = sitk.Resample(read_oriented(paths["labels"]), image, sitk.Transform(),
+                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    pixels = sitk.GetArrayFromImage(image).astype(np.float32)
+    labels = sitk.GetArrayFromImage(labels_img).astype(np.uint8)
+    stray = sorted(set(np.unique(labels).tolist()) - set(values) - {0})
+    if stray:
+        raise ConfigError(f"{case_dir}: labels hold values {stray} that case.json does not list")
+    spacing = image.GetSpacing()
+    as_t1 = image_path == paths["t1"]
+    return Case(name=name or case_dir.name, t2=None if as_t1 else pixels, t1=pixels if as_t1 else None,
+                labels=labels, labelled=frozenset(values), pixel_spacing=(spacing[1], spacing[0]),
+                slice_spacing=spacing[2], direction=np.array(image.GetDirection()).reshape(3, 3),
+                partial=True, level_known=not ranks)
+
+
+def discover_real_cases(root: Path, ontology: Ontology = DEFAULT_ONTOLOGY
+                        ) -> list[tuple[str, Callable[[], Case]]]:
+    """(name, loader) for each case folder under ``root`` (the folder itself, its children, or grandchildren
+    such as ``vb3/case02``), named by its path below ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"real case folder {root} does not exist")
+    folders = [root] if is_real_case(root) else sorted(
+        p for p in [*root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_real_case(p))
+    if not folders:
+        raise ConfigError(f"no real case folders (case.json with labels.*) under {root}")
+    out = []
+    for folder in folders:
+        name = folder.name if folder == root else folder.relative_to(root).as_posix()
+        out.append((name, lambda d=folder, n=name: read_real_case(d, n, ontology)))
+    return out
+
+
+def read_split(path: Path = SPLIT_FILE) -> dict[str, list[str]]:
+    """{"validation": [case names]}: the cases that check a model and are never trained on."""
+    try:
+        split = json.loads(Path(path).read_text())
+        return {"validation": [str(v) for v in split["validation"]]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: a split file holds {{\"validation\": [case names]}} ({exc})") from exc
+
+
+def split_real_cases(found: list[tuple[str, Callable[[], Case]]], split_path: Path = SPLIT_FILE,
+                     subset: str = "training") -> list[tuple[str, Callable[[], Case]]]:
+    """The ``training`` cases (all but the validation split), the ``validation`` cases, or ``all``."""
+    if subset == "all":
+        return found
+    validation = set(read_split(split_path)["validation"])
+    if subset == "validation":
+        return [item for item in found if item[0] in validation]
+    if subset == "training":
+        return [item for item in found if item[0] not in validation]
+    raise ConfigError(f"unknown subset {subset!r}: training, validation or all")
+
+
+def anterior_background(labels: np.ndarray, pixel_spacing: tuple[float, float],
+                        margin_mm: float = SOFT_TISSUE_MARGIN_MM) -> np.ndarray:
+    """Voxels more than ``margin_mm`` in front of the labelled structures at their height (bool, like labels).
+
+    Per slice, the front edge of the labels is taken row by row (columns run toward posterior) and
+    interpolated across the rows between labelled ones (the unlabelled discs between labelled bodies); rows
+    above and below the labels, and slices without labels, claim nothing.
+    """
+    out = np.zeros(labels.shape, dtype=bool)
+    margin_px = margin_mm / float(pixel_spacing[1])
+    cols = np.arange(labels.shape[2])
+    for k in range(labels.shape[0]):
+        has = labels[k] > 0
+        rows = np.flatnonzero(has.any(axis=1))
+        if rows.size == 0:
+            continue
+        front = np.array([np.flatnonzero(has[r])[0] for r in rows], dtype=float)
+        span = np.arange(rows[0], rows[-1] + 1)
+        edge = np.interp(span, rows, front)
+        out[k, span] = cols[None, :] < (edge - margin_px)[:, None]
+    return out
