@@ -31,6 +31,7 @@ from model_export.model.outline_refiner import CHECKPOINT_KEY as REFINER_KEY
 from model_export.model.outline_refiner import OutlineRefinerNet, load_outline_refiner
 from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
+from model_export.real_cases import data_sources
 from service.errors import ModelExportError
 from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OUTLINE_REFINER_FILE, OnnxModel
 from service.ontology import Ontology
@@ -286,13 +287,24 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "exclusive_findings": [list(g) for g in ckpt.get("exclusive_findings", [])],
         **level_classifier_card(ckpt),
         **outline_refiner_card(ckpt),
-        "training": {"statement": SYNTHETIC_STATEMENT, "config": run, **ckpt.get("provenance", {})},
+        "training": {"statement": training_statement(ckpt.get("provenance", {})), "config": run,
+                     "data_sources": data_sources(ckpt.get("provenance", {})), **ckpt.get("provenance", {})},
         "metrics": metrics or {},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version(), "opset": OPSET},
         "export_parity": {"onnxruntime_vs_torch": parity, "label_map": agreement},
     }
+
+
+def training_statement(provenance: dict[str, Any]) -> str:
+    """What trained the segmenter, in one sentence for the card: synthetic only, or real scans beside it."""
+    real = provenance.get("real_training_cases") or []
+    if not real:
+        return SYNTHETIC_STATEMENT
+    return (f"trained partly on synthetic data: generated lumbar MRI studies (label maps from SPIDER masks and "
+            f"procedural spines) mixed with {len(real)} real sagittal lumbar scans with partial labels "
+            f"(vertebral bodies), {provenance.get('real_share', 0):.0%} of the steps; see data_sources")
 
 
 def level_classifier_card(ckpt: dict[str, Any]) -> dict[str, Any]:

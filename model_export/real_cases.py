@@ -37,6 +37,36 @@ SPLIT_FILE = Path(__file__).with_name("real_split.json")
 """The fixed validation split of the real labelled cases (case names such as ``vb3/case02``)."""
 
 
+REAL_SOURCES = {
+    "vb3": "MyoSegmenTUM spine (Burian et al., BMC Musculoskelet Disord 2019): water-fat gradient echo, 3 T, "
+           "healthy; vertebral bodies L1-L5",
+    "vb2": "Chu et al., PLoS ONE 2015: T2 TSE, 1.5 T, healthy; vertebral bodies T11-L5",
+    "vb1": "Zukic et al., Comput Graph Forum 2014: routine T1/T2 of patients; vertebral bodies, levels unknown",
+    "ivd": "Menezes-Reis et al., Quant Imaging Med Surg 2016: T2 FSE, 1.5 T; lumbar discs (validation only)",
+}
+"""The real labelled sets by folder, as their README describes them; all redistributed by the FastCleverSeg
+repository (Ramos et al., Magn Reson Imaging 2024) under GPL-3.0."""
+REAL_LICENCE = "GPL-3.0 (FastCleverSeg repository redistribution; cite the original papers)"
+
+
+def data_sources(provenance: dict) -> list[dict]:
+    """The model card's ``data_sources``: every set that trained or validated the model, with its licence
+    and the cases it gave, from a checkpoint's provenance."""
+    sources = [{"name": "generated studies (model_export.synth)", "licence": "Apache-2.0 (this project)",
+                "label_maps": "SPIDER masks (van der Graaf et al., Sci Data 2024), CC BY 4.0, and procedural spines",
+                "training_cases": len(provenance.get("training_cases", [])),
+                "validation_cases": provenance.get("validation_cases", [])}]
+    real = provenance.get("real_training_cases") or []
+    if real:
+        validation = read_split()["validation"]
+        for folder, description in REAL_SOURCES.items():
+            sources.append({"name": f"real labelled scans {folder}/", "description": description,
+                            "licence": REAL_LICENCE,
+                            "training_cases": [c for c in real if c.startswith(folder + "/")],
+                            "validation_cases": [c for c in validation if c.startswith(folder + "/")]})
+    return sources
+
+
 def is_real_case(folder: Path) -> bool:
     return (Path(folder) / "case.json").is_file() and _find_volume(Path(folder), "labels") is not None
 

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prevalence", type=float, default=None, help="finding probability per eligible level")
     parser.add_argument("--normal-fraction", type=float, default=None,
                         help="share of studies with no finding at all (default 0.2)")
+    parser.add_argument("--random-contrast", type=float, default=None, metavar="SHARE",
+                        help="share of sagittal series rendered with fully random tissue signals (default 0)")
     parser.add_argument("--no-axial", action="store_true", help="omit the axial T2 series")
     parser.add_argument("--no-localizer", action="store_true", help="omit the 3-plane localizer")
     parser.add_argument("--matrix", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
@@ -43,6 +45,8 @@ def config_from(args: argparse.Namespace) -> SynthConfig:
         extra["finding_prevalence"] = args.prevalence
     if args.normal_fraction is not None:
         extra["normal_fraction"] = args.normal_fraction
+    if args.random_contrast is not None:
+        extra["random_contrast"] = args.random_contrast
     if args.matrix is not None:
         extra["matrix"] = tuple(args.matrix)
     if args.slices is not None:

@@ -41,6 +41,7 @@ class SynthConfig:
     max_oblique_deg: float = 4.0
     noise: tuple[float, float] = (0.01, 0.035)  # Rician sigma as a fraction of the brightest tissue
     bias: tuple[float, float] = (0.1, 0.45)  # strength of the coil sensitivity field
+    random_contrast: float = 0.0  # share of sagittal series rendered with fully random tissue signals
 
     def __post_init__(self) -> None:
         for name in ("matrix", "slices", "slice_thickness", "fov", "pixel_spacing", "axial_matrix",
@@ -52,6 +53,8 @@ class SynthConfig:
             raise SynthError("SynthConfig.finding_prevalence must lie in [0, 1]")
         if not 0.0 <= self.normal_fraction <= 1.0:
             raise SynthError("SynthConfig.normal_fraction must lie in [0, 1]")
+        if not 0.0 <= self.random_contrast <= 1.0:
+            raise SynthError("SynthConfig.random_contrast must lie in [0, 1]")
         if self.slices[0] < 3:
             raise SynthError("SynthConfig.slices needs at least 3 slices per sagittal series")
 

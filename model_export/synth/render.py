@@ -54,7 +54,20 @@ class Contrast:
     texture: np.ndarray  # (NUM_TISSUES, 2) fine and coarse texture amplitude per tissue
 
 
-def draw_contrast(weighting: str, rng: np.random.Generator) -> Contrast:
+def draw_contrast(weighting: str, rng: np.random.Generator, random_share: float = 0.0) -> Contrast:
+    """Physically ordered tissue signals; with probability ``random_share`` fully random ones instead.
+
+    A random contrast (SynthSeg's domain randomisation) gives every tissue its own uniform draw, air
+    aside, so that a model can only learn shapes from it, never our renderer's idea of T1 and T2. The
+    extra draw is made only when ``random_share`` > 0, so studies generated without it are unchanged.
+    """
+    if random_share > 0.0 and rng.random() < random_share:
+        lut = rng.uniform(0.02, 1.0, NUM_TISSUES).astype(np.float32)
+        lut[Tissue.AIR] = rng.uniform(0.0, 0.02)
+        tex = np.zeros((NUM_TISSUES, 2), np.float32)
+        for tissue, amp in TEXTURE.items():
+            tex[tissue] = np.array(amp) * rng.uniform(0.3, 1.7)
+        return Contrast(weighting, lut, tex)
     ranges = T2_RANGES if weighting == "T2" else T1_RANGES
     lut = np.zeros(NUM_TISSUES, np.float32)
     for tissue, (lo, hi) in ranges.items():

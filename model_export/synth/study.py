@@ -203,7 +203,7 @@ def synthesize_case(seed: int, config: SynthConfig | None = None) -> SynthCase:
     for name, stack, weighting in (("sag_t2", sag_t2, "T2"), ("sag_t1", sag_t1, "T1")):
         r = rng[name]
         protocol = sagittal_t2(r, stack.cols) if weighting == "T2" else sagittal_t1(r, stack.cols)
-        contrast = draw_contrast(weighting, r)
+        contrast = draw_contrast(weighting, r, config.random_contrast)
         box, origin = series_box(canvas, stack)
         fine_tissue = canvas.tissue[box]
         image = partial_volume_sample(contrast.lut[fine_tissue], origin, canvas.spacing, stack)

@@ -97,3 +97,21 @@ def test_anterior_background_starts_20_mm_in_front_of_the_labels_and_spans_their
     assert not front[0, :10].any() and not front[0, 20:].any()
     assert not front[1].any()  # a slice without labels claims nothing
     assert anterior_background(labels, (1.0, 2.0))[0, 15, :30].all()  # 2 mm columns: 10 columns of margin
+
+
+def test_card_data_sources_name_every_real_set_its_licence_and_cases():
+    from model_export.export import SYNTHETIC_STATEMENT, training_statement
+    from model_export.real_cases import data_sources
+
+    provenance = {"training_cases": ["study_1", "study_2"], "validation_cases": ["study_3"],
+                  "real_training_cases": ["vb3/case03", "vb1/case03"], "real_share": 0.5}
+    sources = data_sources(provenance)
+    assert sources[0]["training_cases"] == 2 and "CC BY 4.0" in sources[0]["label_maps"]
+    real = {s["name"]: s for s in sources[1:]}
+    assert real["real labelled scans vb3/"]["training_cases"] == ["vb3/case03"]
+    assert "GPL-3.0" in real["real labelled scans vb3/"]["licence"]
+    assert real["real labelled scans ivd/"]["training_cases"] == []
+    assert len(real["real labelled scans ivd/"]["validation_cases"]) == 2
+    assert "partly on synthetic data" in training_statement(provenance)
+    assert training_statement({"training_cases": ["study_1"]}) == SYNTHETIC_STATEMENT
+    assert len(data_sources({"training_cases": []})) == 1

@@ -75,3 +75,38 @@ def test_series_box_samples_exactly_what_the_whole_fine_grid_gives() -> None:
         nn_part = resample(to_sitk(np.ascontiguousarray(packed[box]), origin, canvas.spacing), stack,
                            sitk.sitkNearestNeighbor)
         assert np.array_equal(nn_whole, nn_part)
+
+
+def test_random_contrast_is_seeded_and_keeps_the_label_map_exact() -> None:
+    from dataclasses import replace
+
+    from model_export.synth.study import synthesize_case
+
+    randomised = replace(SMALL, random_contrast=1.0, include_axial=False, include_localizer=False)
+    plain = synthesize_case(SEED, replace(randomised, random_contrast=0.0))
+    first, again = synthesize_case(SEED, randomised), synthesize_case(SEED, randomised)
+    for name in ("sag_t2", "sag_t1"):
+        assert np.array_equal(first.series[name].labels, plain.series[name].labels)
+        assert np.array_equal(first.series[name].pixels[0], again.series[name].pixels[0])
+        assert not np.array_equal(first.series[name].pixels[0], plain.series[name].pixels[0])
+
+
+def test_random_contrast_breaks_the_physical_order_of_tissues_in_some_draws() -> None:
+    from model_export.synth.render import draw_contrast
+    from model_export.synth.tissues import Tissue
+
+    rng = np.random.default_rng(0)
+    draws = [draw_contrast("T2", rng, random_share=1.0).lut for _ in range(50)]
+    assert any(lut[Tissue.CSF] < lut[Tissue.MUSCLE] for lut in draws)
+    assert all(lut[Tissue.AIR] <= 0.02 for lut in draws)
+    ordered = [draw_contrast("T2", rng).lut for _ in range(50)]
+    assert all(lut[Tissue.CSF] > lut[Tissue.MUSCLE] for lut in ordered)
+
+
+def test_without_random_contrast_studies_are_those_of_before() -> None:
+    """The random draw is taken only with a share above zero, so existing seeds render as they did."""
+    from model_export.synth.render import draw_contrast
+
+    a = draw_contrast("T1", np.random.default_rng(3))
+    b = draw_contrast("T1", np.random.default_rng(3), random_share=0.0)
+    assert np.array_equal(a.lut, b.lut)
