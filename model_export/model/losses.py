@@ -38,6 +38,9 @@ def merge_unlabelled(logits: torch.Tensor, labelled: torch.Tensor) -> torch.Tens
 
 IGNORE_INDEX = 255
 """Target value of a voxel whose class the source does not state (partial labels): no loss at all."""
+CERTAIN_BACKGROUND = 254
+"""Target value of a voxel that is background for certain, though the source leaves classes unlabelled
+(a partial case's tissue far in front of its labels): no unlabelled class is merged into its background."""
 
 
 class PartialDiceCELoss(torch.nn.Module):
@@ -45,7 +48,9 @@ class PartialDiceCELoss(torch.nn.Module):
 
     With every voxel stated this is MONAI's ``DiceCELoss(softmax, include_background=False, batch=True)`` on
     the merged distribution. Voxels marked ``IGNORE_INDEX`` (unknown: a body-only case's posterior
-    elements, discs and soft tissue) add nothing to either term. Voxels marked ``RANK_BASE + r`` (the r-th
+    elements, discs and soft tissue) add nothing to either term. Voxels marked ``CERTAIN_BACKGROUND`` are
+    background in the full distribution: an unlabelled class (a body-only case's sacrum or discs) costs
+    there as any labelled one does. Voxels marked ``RANK_BASE + r`` (the r-th
     body from the bottom, level unknown) add the consecutive-run loss: the names of a case's bodies are
     ``chain[r - 1 + k]`` for one unknown offset k, so the loss is minus the log of the summed likelihood
     over the offsets, and the model is free to choose which run it names.
@@ -62,17 +67,23 @@ class PartialDiceCELoss(torch.nn.Module):
         log_probs = merge_unlabelled(logits, labelled)
         n_classes = log_probs.shape[1]
         target = target.long()
-        known = target < n_classes
-        loss = self._dice_ce(log_probs, torch.where(known, target, 0), known)
+        certain = target == CERTAIN_BACKGROUND
+        known = (target < n_classes) | certain
+        background = F.log_softmax(logits, dim=1)[:, 0] if bool(certain.any()) else None
+        loss = self._dice_ce(log_probs, torch.where(target < n_classes, target, 0), known, certain, background)
         if rank_count and self.chain:
             loss = loss + self._rank_loss(log_probs, target, rank_count)
         return loss
 
-    def _dice_ce(self, log_probs: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def _dice_ce(self, log_probs: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
+                 certain: torch.Tensor, background: torch.Tensor | None) -> torch.Tensor:
         weight = known.float()
         if not bool(known.any()):
             return log_probs.sum() * 0.0
-        ce = -(log_probs.gather(1, target[:, None])[:, 0] * weight).sum() / weight.sum()
+        chosen = log_probs.gather(1, target[:, None])[:, 0]
+        if background is not None:
+            chosen = torch.where(certain, background, chosen)
+        ce = -(chosen * weight).sum() / weight.sum()
         probs = log_probs.exp()[:, 1:] * weight[:, None]
         onehot = F.one_hot(target, log_probs.shape[1]).permute(0, 3, 1, 2)[:, 1:].float() * weight[:, None]
         inter = (probs * onehot).sum(dim=(0, 2, 3))

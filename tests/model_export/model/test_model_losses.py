@@ -98,12 +98,12 @@ def test_unknown_voxels_get_zero_gradient():
 
 def test_posterior_elements_of_a_body_only_case_get_zero_gradient():
     """A body labelled L4 (value 3) beside its unlabelled arch: the arch may be L4 or anything else."""
-    from model_export.model.losses import IGNORE_INDEX
+    from model_export.model.losses import CERTAIN_BACKGROUND, IGNORE_INDEX
 
     torch.manual_seed(1)
     logits = torch.randn(1, 20, 12, 12, requires_grad=True)
     target = torch.full((1, 12, 12), IGNORE_INDEX)
-    target[0, 4:8, 0:3] = 0  # far in front of the body: background
+    target[0, 4:8, 0:3] = CERTAIN_BACKGROUND  # far in front of the body: background
     target[0, 4:8, 4:8] = 3  # the body
     labelled = torch.zeros(20, dtype=torch.bool)
     labelled[[0, 3]] = True
@@ -140,3 +140,17 @@ def test_ranked_bodies_named_out_of_order_cost_more_than_a_run():
     swapped = loss(*_ranked([3, 2, 4]), labelled, rank_count=3)
     skipped = loss(*_ranked([2, 4, 5]), labelled, rank_count=3)
     assert swapped > run + 1.0 and skipped > run + 1.0
+
+
+def test_an_unlabelled_class_costs_where_the_background_is_certain():
+    """A body-only case leaves the sacrum unlabelled, yet no sacrum lies far in front of the bodies."""
+    from model_export.model.losses import CERTAIN_BACKGROUND
+
+    target = torch.full((1, 4, 4), CERTAIN_BACKGROUND)
+    labelled = torch.tensor([True, False, True])  # class 1 (sacrum) unlabelled
+    calm, sacrum_there = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    sacrum_there[:, 1] = 6.0
+    loss = PartialDiceCELoss()
+    assert loss(sacrum_there, target, labelled) > loss(calm, target, labelled) + 3.0
+    merged_only = torch.zeros(1, 4, 4, dtype=torch.long)  # plain background: the sacrum is merged into it
+    assert loss(sacrum_there, merged_only, labelled) <= loss(calm, merged_only, labelled)

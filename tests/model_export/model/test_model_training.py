@@ -124,18 +124,18 @@ def real_root(tmp_path, write_real_case, bodies):
 
 
 def test_a_body_only_case_trains_on_its_bodies_and_the_tissue_in_front_and_nothing_else(real_root):
-    from model_export.model.losses import IGNORE_INDEX
+    from model_export.model.losses import CERTAIN_BACKGROUND, IGNORE_INDEX
     from model_export.real_cases import read_real_case
 
     case = read_real_case(real_root / "vb2" / "case01")
     view = dataclasses.replace(get_config("tiny").model, input_size=64, band_size=(64, 32)).view()
     batch = prepare_case(case, view, DEFAULT_ONTOLOGY)
     values = set(torch.unique(batch.target).tolist())
-    assert values == {0, 2, 3, 4, IGNORE_INDEX}
+    assert values == {2, 3, 4, CERTAIN_BACKGROUND, IGNORE_INDEX}
     assert batch.labelled.nonzero().flatten().tolist() == [0, 2, 3, 4]
     assert batch.rank_count == 0
     assert (batch.target[1, 57, 53:] == IGNORE_INDEX).all()  # behind a body: its arch is unknown
-    assert (batch.target[1, 57, :20] == 0).all()  # over 20 mm in front of it: background
+    assert (batch.target[1, 57, :20] == CERTAIN_BACKGROUND).all()  # over 20 mm in front of it: background
     ranked = prepare_case(read_real_case(real_root / "vb1" / "case03"), view, DEFAULT_ONTOLOGY)
     assert ranked.rank_count == 3
     assert ranked.labelled[1:11].all() and not ranked.labelled[11:].any()  # sacrum and vertebrae in play
