@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     names = args.names or [None] * len(args.models)
     if len(names) != len(args.models):
         raise ConfigError("--names needs one name per model")
-    from model_export.real_cases import SPLIT_FILE, discover_real_cases, is_real_case, split_real_cases
+    from model_export.real_cases import SPLIT_FILE, discover_real_cases, holds_real_cases, split_real_cases
 
-    if is_real_case(args.data) or any(is_real_case(p) for p in [*args.data.glob("*"), *args.data.glob("*/*")]):
+    if holds_real_cases(args.data):
         from model_export.evaluation.real_evaluate import evaluate_real
 
         found = split_real_cases(discover_real_cases(args.data), args.real_split or SPLIT_FILE, args.subset)

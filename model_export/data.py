@@ -235,13 +235,12 @@ def read_volume_case(case_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> C
 
 def discover_cases(data_dir: Path, ontology: Ontology = DEFAULT_ONTOLOGY) -> list[tuple[str, Callable[[], Case]]]:
     """(name, loader) for every case under ``data_dir``, in a stable order; loaders read on call."""
-    from model_export.real_cases import discover_real_cases, is_real_case
+    from model_export.real_cases import discover_real_cases, holds_real_cases
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"data folder {data_dir} does not exist")
-    if is_real_case(data_dir) or any(is_real_case(p) for p in [*data_dir.glob("*"), *data_dir.glob("*/*")]
-                                     if p.is_dir()):
+    if holds_real_cases(data_dir):
         return discover_real_cases(data_dir, ontology)
     if (data_dir / "truth.json").is_file():
         return [(data_dir.name, lambda d=data_dir: read_generated_study(d, ontology))]

@@ -107,6 +107,12 @@ def read_real_case(case_dir: Path, name: str | None = None, ontology: Ontology =
                 partial=True, level_known=not ranks)
 
 
+def holds_real_cases(root: Path) -> bool:
+    """Whether ``root`` is a real case folder or holds some among its children or grandchildren."""
+    root = Path(root)
+    return is_real_case(root) or any(is_real_case(p) for p in [*root.glob("*"), *root.glob("*/*")] if p.is_dir())
+
+
 def discover_real_cases(root: Path, ontology: Ontology = DEFAULT_ONTOLOGY
                         ) -> list[tuple[str, Callable[[], Case]]]:
     """(name, loader) for each case folder under ``root`` (the folder itself, its children, or grandchildren
