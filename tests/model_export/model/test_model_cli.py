@@ -298,3 +298,20 @@ def test_train_outlines_cli_continues_a_refiner_with_its_own_widths_and_crop(gen
 def test_train_outlines_cli_names_what_is_missing(args, message, capsys):
     assert main(["train-outlines", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_cli_on_real_case_folders_scores_the_validation_split_with_a_contact_sheet(
+        tiny_checkpoint, tmp_path, write_real_case, bodies):
+    root = tmp_path / "real"
+    for name in ("vb2/case01", "vb2/case02"):
+        write_real_case(root / name, bodies([2, 3, 4], shape=(4, 64, 64)))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": ["vb2/case02"]}))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--models", str(tiny_checkpoint), "--names", "tiny", "--data", str(root),
+                 "--out", str(out), "--real-split", str(split)]) == 0
+    summary = json.loads((out / "real_evaluation.json").read_text())
+    assert [m["output"] for m in summary["models"]] == ["delivered", "raw"]
+    assert [c["name"] for c in summary["models"][0]["per_case"]] == ["vb2/case02"]
+    assert summary["models"][0]["per_case"][0]["bodies"] == 3
+    assert (out / "real_contact_sheet_tiny.png").stat().st_size > 1000
