@@ -51,14 +51,15 @@ REAL_LICENCE = "GPL-3.0 (FastCleverSeg repository redistribution; cite the origi
 
 def data_sources(provenance: dict) -> list[dict]:
     """The model card's ``data_sources``: every set that trained or validated the model, with its licence
-    and the cases it gave, from a checkpoint's provenance."""
+    and the cases it gave, from a checkpoint's provenance (its ``real_validation_cases``, or the committed
+    split for a checkpoint that does not record them)."""
     sources = [{"name": "generated studies (model_export.synth)", "licence": "Apache-2.0 (this project)",
                 "label_maps": "SPIDER masks (van der Graaf et al., Sci Data 2024), CC BY 4.0, and procedural spines",
                 "training_cases": len(provenance.get("training_cases", [])),
                 "validation_cases": provenance.get("validation_cases", [])}]
     real = provenance.get("real_training_cases") or []
     if real:
-        validation = read_split()["validation"]
+        validation = provenance.get("real_validation_cases") or read_split()["validation"]
         for folder, description in REAL_SOURCES.items():
             sources.append({"name": f"real labelled scans {folder}/", "description": description,
                             "licence": REAL_LICENCE,
@@ -107,10 +108,16 @@ def read_real_case(case_dir: Path, name: str | None = None, ontology: Ontology =
                 partial=True, level_known=not ranks)
 
 
+def _real_case_folders(root: Path) -> list[Path]:
+    """``root`` itself when it is a case folder, else its children and grandchildren that are, sorted."""
+    if is_real_case(root):
+        return [root]
+    return sorted(p for p in [*root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_real_case(p))
+
+
 def holds_real_cases(root: Path) -> bool:
     """Whether ``root`` is a real case folder or holds some among its children or grandchildren."""
-    root = Path(root)
-    return is_real_case(root) or any(is_real_case(p) for p in [*root.glob("*"), *root.glob("*/*")] if p.is_dir())
+    return bool(_real_case_folders(Path(root)))
 
 
 def discover_real_cases(root: Path, ontology: Ontology = DEFAULT_ONTOLOGY
@@ -120,8 +127,7 @@ def discover_real_cases(root: Path, ontology: Ontology = DEFAULT_ONTOLOGY
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"real case folder {root} does not exist")
-    folders = [root] if is_real_case(root) else sorted(
-        p for p in [*root.glob("*"), *root.glob("*/*")] if p.is_dir() and is_real_case(p))
+    folders = _real_case_folders(root)
     if not folders:
         raise ConfigError(f"no real case folders (case.json with labels.*) under {root}")
     out = []

@@ -169,7 +169,7 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     # one case at a time: only the model-size arrays stay in memory, not every study at full resolution
     prepared = [prepare_case(load(), run.model.view(), ontology) for _, load in train_found]
     val_cases = [load() for _, load in val_found]
-    real_found = real_training_cases(real_dir, real_split, ontology) if real_dir is not None else []
+    real_found, real_validation = real_training_cases(real_dir, real_split, ontology) if real_dir else ([], [])
     if real_found and not 0.0 < run.train.real_share < 1.0:
         raise ConfigError(f"real cases given but real_share is {run.train.real_share}: give a share in (0, 1)")
     real_prepared = [prepare_case(load(), run.model.view(), ontology) for _, load in real_found]
@@ -232,7 +232,8 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     thresholds = tune_thresholds(final["finding_pairs"]) if isinstance(model, LumbarSegmenter) else {}
     provenance = {"data_dir": str(data_dir), "training_cases": [name for name, _ in train_found],
                   "real_data_dir": None if real_dir is None else str(real_dir),
-                  "real_training_cases": [name for name, _ in real_found], "real_share": run.train.real_share,
+                  "real_training_cases": [name for name, _ in real_found], "real_validation_cases": real_validation,
+                  "real_share": run.train.real_share,
                   "validation_cases": [c.name for c in val_cases], "steps": state["step"],
                   "wall_time_s": round(state["elapsed_s"], 1), "cpu_time_s": round(state.get("cpu_s", 0.0), 1),
                   "budget_s_on_dedicated_cores": round(budget_seconds(state, run), 1), "threads": run.train.threads,
@@ -243,14 +244,16 @@ def train(data_dir: Path, run: RunConfig, out_dir: Path, resume: bool = False,
     return path
 
 
-def real_training_cases(real_dir: Path, split: Path | None, ontology: Ontology) -> list:
-    """(name, loader) of the real cases to train on: all under ``real_dir`` but the validation split's."""
+def real_training_cases(real_dir: Path, split: Path | None, ontology: Ontology) -> tuple[list, list[str]]:
+    """(name, loader) of the real cases to train on, all under ``real_dir`` but the validation split's; and
+    the names of the split's cases found there, which the checkpoint records as never trained on."""
     from model_export.real_cases import SPLIT_FILE, discover_real_cases, split_real_cases
 
-    found = split_real_cases(discover_real_cases(real_dir, ontology), split or SPLIT_FILE, "training")
-    if not found:
+    found = discover_real_cases(real_dir, ontology)
+    training = split_real_cases(found, split or SPLIT_FILE, "training")
+    if not training:
         raise ConfigError(f"no real training cases under {real_dir} outside the validation split")
-    return found
+    return training, [name for name, _ in split_real_cases(found, split or SPLIT_FILE, "validation")]
 
 
 def _save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
