@@ -180,3 +180,27 @@ def anterior_background(labels: np.ndarray, pixel_spacing: tuple[float, float],
         edge = np.interp(span, rows, front)
         out[k, span] = cols[None, :] < (edge - margin_px)[:, None]
     return out
+
+
+def certain_background(labels: np.ndarray, pixel_spacing: tuple[float, float],
+                       margin_mm: float = SOFT_TISSUE_MARGIN_MM) -> np.ndarray:
+    """Where a partial case's unlabelled voxels are background for certain in training (bool, like labels).
+
+    :func:`anterior_background`, and on every slice with labels also the rows above and below them, in front
+    of the front edge of the nearest labelled row by ``margin_mm``. Below the lowest labelled body lie the
+    sacrum and coccyx, which curve backward, and in front of them the pelvic organs; above the highest, the
+    vertebrae continue in line. Without this the pelvic tissue under the labels is unknown, and a model is
+    free to spread the sacrum over it. The evaluation's soft-tissue count keeps to the labels' rows.
+    """
+    out = anterior_background(labels, pixel_spacing, margin_mm)
+    margin_px = margin_mm / float(pixel_spacing[1])
+    cols = np.arange(labels.shape[2])
+    for k in range(labels.shape[0]):
+        has = labels[k] > 0
+        rows = np.flatnonzero(has.any(axis=1))
+        if rows.size == 0:
+            continue
+        top, bottom = np.flatnonzero(has[rows[0]])[0], np.flatnonzero(has[rows[-1]])[0]
+        out[k, :rows[0]] = cols[None, :] < top - margin_px
+        out[k, rows[-1] + 1:] = cols[None, :] < bottom - margin_px
+    return out

@@ -50,13 +50,13 @@ is drawn around its bodies stretched back this far, as the served band is drawn 
 
 def training_target(case: Case) -> np.ndarray:
     """The case's labels as loss targets (uint8): a partial case's unknown voxels become IGNORE_INDEX,
-    except those far in front of its labels, which are CERTAIN_BACKGROUND (real_cases.anterior_background)."""
+    except those far in front of its labels, which are CERTAIN_BACKGROUND (real_cases.certain_background)."""
     if not case.partial:
         return case.labels
-    from model_export.real_cases import anterior_background
+    from model_export.real_cases import certain_background
 
     target = np.full(case.labels.shape, IGNORE_INDEX, dtype=np.uint8)
-    target[anterior_background(case.labels, case.pixel_spacing)] = CERTAIN_BACKGROUND
+    target[certain_background(case.labels, case.pixel_spacing)] = CERTAIN_BACKGROUND
     target[case.labels > 0] = case.labels[case.labels > 0]
     return target
 

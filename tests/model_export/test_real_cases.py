@@ -11,6 +11,7 @@ from model_export.data import discover_cases
 from model_export.real_cases import (
     RANK_BASE,
     anterior_background,
+    certain_background,
     discover_real_cases,
     read_real_case,
     split_real_cases,
@@ -97,6 +98,17 @@ def test_anterior_background_starts_20_mm_in_front_of_the_labels_and_spans_their
     assert not front[0, :10].any() and not front[0, 20:].any()
     assert not front[1].any()  # a slice without labels claims nothing
     assert anterior_background(labels, (1.0, 2.0))[0, 15, :30].all()  # 2 mm columns: 10 columns of margin
+
+
+def test_certain_background_extends_in_front_of_the_end_rows_above_and_below_the_labels():
+    labels = np.zeros((2, 40, 60), dtype=np.uint8)
+    labels[0, 10:20, 40:50] = 3  # upper body, front edge at column 40
+    labels[0, 22:30, 35:45] = 2  # lower body, front edge at column 35
+    certain = certain_background(labels, (1.0, 1.0))
+    assert certain[0, 0, :20].all() and not certain[0, 0, 20:].any()  # above: the top row's edge
+    assert certain[0, 39, :15].all() and not certain[0, 39, 15:].any()  # below: the bottom row's edge
+    assert (certain[0, 10:30] == anterior_background(labels, (1.0, 1.0))[0, 10:30]).all()
+    assert not certain[1].any()  # still nothing on a slice without labels
 
 
 def test_card_data_sources_name_every_real_set_its_licence_and_cases():
