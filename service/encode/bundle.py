@@ -10,6 +10,7 @@ from service.encode.preview import build_secondary_capture, png_bytes, render_pr
 from service.encode.report import build_report, report_bytes
 from service.encode.results import FILE_NAMES, dicom_bytes
 from service.encode.seg import build_seg
+from service.encode.source_header import conform_source_headers
 from service.encode.sr import build_sr
 from service.infer.postprocess import SpineResult
 from service.infer.series import SeriesVolume
@@ -24,6 +25,8 @@ class ResultBundle:
     """DICOM result kind -> SOP and series instance UIDs and file name."""
     timings: dict[str, float] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """The caller's warnings and the encoder's own (source attributes left empty)."""
 
 
 def encode_study(
@@ -39,8 +42,13 @@ def encode_study(
     timings: dict[str, float],
     warnings: list[str] | None = None,
 ) -> ResultBundle:
-    """SEG, SR, preview (DICOM and PNG) and the JSON report; timings gain seg, sr and preview."""
+    """SEG, SR, preview (DICOM and PNG) and the JSON report; timings gain seg, sr and preview.
+
+    The source headers are conformed first (source_header.py): a study the listener accepted must not
+    fail here for a Type 2 attribute it lacks or a value highdicom refuses."""
     timings = dict(timings)
+    sources = [*reference.source_datasets, *(other.source_datasets if other else [])]
+    warnings = [*(warnings or []), *conform_source_headers(sources)]
     t0 = time.perf_counter()
     seg = build_seg(reference, result, ontology, context, seg_type)
     seg_data = dicom_bytes(seg.dataset)
@@ -80,4 +88,4 @@ def encode_study(
         warnings=warnings,
     )
     files = {"seg": seg_data, "sr": sr_data, "preview_dcm": sc_data, "preview": png, "report": report_bytes(report)}
-    return ResultBundle(files=files, instances=instances, timings=timings, report=report)
+    return ResultBundle(files=files, instances=instances, timings=timings, report=report, warnings=warnings)

@@ -50,6 +50,8 @@ class SeriesVolume:
     """Distance between slice centres in mm."""
     frame_numbers: list[int] | None = field(default=None)
     """1-based frame number of each slice in its multi-frame instance; None for single-frame series."""
+    dropped: list[str] = field(default_factory=list)
+    """Why each instance whose pixels could not be decoded was blanked or left out (load_series)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -108,13 +110,43 @@ class _Slice:
 
 
 def load_series(paths: Sequence[Path]) -> SeriesVolume:
-    """Decode the instances of one series into a volume sorted along the slice normal."""
+    """Decode the instances of one series into a volume sorted along the slice normal.
+
+    One undecodable slice does not fail an otherwise usable series: while more than half of the instances
+    decode, a slice whose pixels cannot be decoded but whose header places it becomes a blank slice (the
+    model sees nothing there and the results label nothing there), and one that cannot even be placed is
+    left out; each is named in ``SeriesVolume.dropped``. The decode error itself is raised when more fail."""
     if not paths:
         raise InconsistentSeriesError("series has no instances")
     slices: list[_Slice] = []
+    failed: list[tuple[Path, SeriesDecodeError]] = []
     for path in paths:
-        slices.extend(_read_instance(Path(path)))
-    return _assemble(slices)
+        try:
+            slices.extend(_read_instance(Path(path)))
+        except SeriesDecodeError as exc:
+            failed.append((Path(path), exc))
+    if failed and (not slices or len(failed) * 2 >= len(paths)):
+        raise failed[0][1]
+    dropped = []
+    for path, exc in failed:
+        blank = _blank_slice(path, slices[0].pixels.shape)
+        if blank is not None:
+            slices.append(blank)
+        dropped.append(f"{exc}; {'a blank slice takes its place' if blank is not None else 'left out'}")
+    volume = _assemble(slices)
+    volume.dropped = dropped
+    return volume
+
+
+def _blank_slice(path: Path, shape: tuple[int, ...]) -> _Slice | None:
+    """A slice of zeros where an undecodable instance's header says it lies, or None when it cannot say."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "PerFrameFunctionalGroupsSequence" in ds or (int(ds.Rows), int(ds.Columns)) != tuple(shape):
+            return None
+        return _single_frame(ds, np.zeros(shape, dtype=np.float32))
+    except Exception:  # noqa: BLE001 - any header that cannot place the slice: leave the slice out
+        return None
 
 
 def resample_onto(moving: SeriesVolume, reference: SeriesVolume, order: int = 1) -> np.ndarray:

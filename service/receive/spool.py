@@ -118,7 +118,37 @@ def _parse(data: bytes) -> Dataset:
     if not has_pixels and ("Rows" in ds or "Image Storage" in UID(str(ds.SOPClassUID)).name):
         # pydicom drops an encapsulated Pixel Data whose sequence delimiter never came: truncated
         raise UndecodableDatasetError("image instance without complete pixel data (truncated?)")
+    if "PixelData" in ds:
+        _check_pixel_data_length(ds, UID(str(transfer_syntax)))
     return ds
+
+
+def _check_pixel_data_length(ds: Dataset, transfer_syntax: UID) -> None:
+    """Native pixel data must hold what Rows, Columns, samples, frames and bits allocated say.
+
+    An instance whose header promises more pixels than it carries cannot be decoded later; acknowledging it
+    would keep the sender from ever sending it again, so it is refused now. Encapsulated (compressed) pixel
+    data has no fixed length; its decoder judges it in the worker."""
+    if transfer_syntax.is_encapsulated:
+        return
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UndecodableDatasetError(f"image pixel module incomplete or malformed ({type(exc).__name__})") from exc
+    if min(rows, columns, samples, frames) < 1 or bits not in (1, 8, 16, 32, 64):
+        raise UndecodableDatasetError(
+            f"image pixel module out of range: {rows} x {columns}, {samples} samples, {frames} frames, "
+            f"{bits} bits allocated")
+    pixels = rows * columns * samples * frames
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * bits // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise UndecodableDatasetError(
+            f"pixel data holds {actual} bytes; {rows} x {columns} x {samples} samples x {frames} frames at "
+            f"{bits} bits need {expected}")
 
 
 def _is_mr_image(ds: Dataset) -> bool:

@@ -2,8 +2,8 @@
 
 decode (both series) -> resample (T1 onto the T2 grid) -> model (preprocess, image encoder, fusion head,
 findings) -> postprocess -> SEG, SR, preview -> write. Errors that come from the study itself (a series
-missing, undecodable or inconsistent, nothing found) are INPUT_ERRORS: retrying cannot help, so the
-worker fails the study at once. Anything else (ONNX Runtime, a full disk, a bug) is retried by the
+missing, undecodable or inconsistent, nothing found, results that cannot be encoded from its headers) are
+INPUT_ERRORS: retrying cannot help, so the worker fails the study at once. Anything else (ONNX Runtime, a full disk, a bug) is retried by the
 queue and dead-lettered after settings.max_attempts.
 """
 
@@ -22,6 +22,7 @@ from service.encode.bundle import encode_study
 from service.encode.identity import ResultContext
 from service.encode.results import study_results_dir, write_results
 from service.errors import (
+    EncodeError,
     InconsistentSeriesError,
     MissingSeriesError,
     NoStructureFoundError,
@@ -35,7 +36,7 @@ from service.receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
-INPUT_ERRORS = (MissingSeriesError, SeriesDecodeError, InconsistentSeriesError, NoStructureFoundError)
+INPUT_ERRORS = (MissingSeriesError, SeriesDecodeError, InconsistentSeriesError, NoStructureFoundError, EncodeError)
 
 
 class Model(Protocol):
@@ -77,6 +78,9 @@ def load_inputs(spool: Spool, job: Job, timings: dict[str, float], warnings: lis
     t2 = load_series(series_files(spool, job.study_uid, job.t2_series_uid)) if job.t2_series_uid else None
     t1 = load_series(series_files(spool, job.study_uid, job.t1_series_uid)) if job.t1_series_uid else None
     timings["decode"] = time.perf_counter() - t0
+    for volume in (t2, t1):
+        if volume is not None:
+            warnings.extend(f"series {volume.series_uid}: {why}" for why in volume.dropped)
     if t2 is None:
         assert t1 is not None  # a Job always names one series
         warnings.append("sagittal T1 only: the model ran without its T2 channel")
@@ -148,6 +152,6 @@ def process_job(job: Job, model: Model, settings: Settings) -> ProcessedJob:
         results_dir=study_results_dir(settings.results_dir, job.study_uid).resolve(),
         instances=bundle.instances,
         timings=timings,
-        warnings=warnings,
+        warnings=bundle.warnings,
         result=result,
     )

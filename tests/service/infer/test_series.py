@@ -181,13 +181,38 @@ def test_a_missing_slice_is_inconsistent(tmp_path):
         load_series([p for p in paths if p != paths[2]])
 
 
-def test_garbage_file_raises_decode_error_with_its_name(tmp_path):
-    paths = write_series(tmp_path, phantom(SHAPE))
+def test_a_series_mostly_of_garbage_raises_decode_error_with_the_file_name(tmp_path):
+    paths = write_series(tmp_path, phantom((1, 40, 36)))
     bad = tmp_path / "1.2.3.4.dcm"
     bad.write_bytes(b"\x00" * 10)
     with pytest.raises(SeriesDecodeError, match=r"1\.2\.3\.4\.dcm") as info:
         load_series([*paths, bad])
     assert isinstance(info.value, InferenceError)
+
+
+def test_one_garbage_file_in_a_usable_series_is_left_out_and_named(tmp_path):
+    paths = write_series(tmp_path, phantom(SHAPE))
+    bad = tmp_path / "1.2.3.4.dcm"
+    bad.write_bytes(b"\x00" * 10)
+    volume = load_series([*paths, bad])
+    assert volume.shape == SHAPE
+    assert len(volume.dropped) == 1 and "1.2.3.4.dcm" in volume.dropped[0] and "left out" in volume.dropped[0]
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_an_undecodable_middle_slice_becomes_blank_where_its_header_places_it(tmp_path):
+    shape = (5, 40, 36)  # large enough for JPEG 2000's resolution levels
+    volume_in = phantom(shape)
+    paths = write_series(tmp_path, volume_in, transfer_syntax=JPEG2000Lossless)
+    middle = shape[0] // 2
+    target = next(p for p in paths if pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber == middle + 1)
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) - 300])
+    volume = load_series(paths)
+    assert volume.shape == shape
+    assert not volume.pixels[middle].any()
+    np.testing.assert_array_equal(volume.pixels[middle - 1], volume_in[middle - 1].astype(np.float32))
+    assert len(volume.dropped) == 1 and target.name in volume.dropped[0] and "blank slice" in volume.dropped[0]
 
 
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter")

@@ -237,6 +237,19 @@ def test_truncated_and_garbage_data_get_c210_and_the_association_carries_on(star
     assert len(spooled(settings)) == 1
 
 
+def test_pixel_data_shorter_than_its_header_gets_c210_and_nothing_is_spooled(start):
+    listener, settings = start()
+    ds = make_instance(generate_uid(), generate_uid(), sag_t2(), 0)
+    ds.Rows = ds.Columns = 65535
+    assoc = _associate(listener.port)
+    try:
+        status = assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+    assert status == 0xC210
+    assert spooled(settings) == {}
+
+
 @pytest.mark.parametrize(
     "keyword, uid",
     [

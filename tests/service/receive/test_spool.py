@@ -126,6 +126,20 @@ def test_truncated_native_and_encapsulated_data_is_undecodable(tmp_path, cut):
     assert [p for p in files_under(tmp_path) if p.suffix == ".dcm"] == []
 
 
+@pytest.mark.parametrize("rows, columns", [(65535, 65535), (257, 256)])
+def test_store_refuses_pixel_data_shorter_than_its_header_says(tmp_path, rows, columns):
+    ds = instance(Rows=rows, Columns=columns)
+    with pytest.raises(UndecodableDatasetError, match="pixel data holds"):
+        Spool(tmp_path).store_file_bytes(encode(ds))
+    assert [p for p in files_under(tmp_path) if p.suffix == ".dcm"] == []
+
+
+def test_store_accepts_pixel_data_with_its_even_padding(tmp_path):
+    ds = instance()
+    ds.PixelData = ds.PixelData + b"\0\0"
+    assert Spool(tmp_path).store_file_bytes(encode(ds)).size > 0
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"not dicom at all", b"\0" * 128 + b"DICM" + os.urandom(2000), encode(instance())[:140]],

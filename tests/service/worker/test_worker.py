@@ -123,20 +123,60 @@ def test_study_without_its_series_fails_with_the_reason_while_the_next_study_is_
     assert JobQueue(client, settings).depth() == 0  # an input error is final: acknowledged, not retried
 
 
-def test_undecodable_series_fails_the_study_naming_the_file(settings, worker, client, tmp_path):
-    files = write_study(tmp_path / "study", transfer_syntax=JPEG2000Lossless, with_t1=False)
-    victim = files["t2"][2]
-    ds = pydicom.dcmread(victim)
+def _spoil_pixel_data(path) -> None:
+    ds = pydicom.dcmread(path)
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 3]])
-    ds.save_as(victim, enforce_file_format=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_one_undecodable_slice_is_blanked_with_a_warning_naming_the_file(settings, worker, client, tmp_path):
+    files = write_study(tmp_path / "study", transfer_syntax=JPEG2000Lossless, with_t1=False)
+    victim = files["t2"][2]
+    _spoil_pixel_data(victim)
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+
+    outcome = worker.run_once(block_ms=100)
+
+    assert outcome.state == StudyState.DONE
+    record = StudyStore(client, settings.stream_prefix).get(study.study_uid)
+    assert any(victim.name in w and "blank slice" in w for w in record.warnings)
+
+
+def test_a_series_of_undecodable_slices_fails_the_study_naming_a_file(settings, worker, client, tmp_path):
+    files = write_study(tmp_path / "study", transfer_syntax=JPEG2000Lossless, with_t1=False)
+    for path in files["t2"]:
+        _spoil_pixel_data(path)
     study = spool_files(settings.spool_dir, files)
     enqueue(settings, study, client)
 
     outcome = worker.run_once(block_ms=100)
 
     assert outcome.state == StudyState.FAILED
-    assert victim.name in outcome.error and "could not be decoded" in outcome.error
+    assert "could not be decoded" in outcome.error and any(p.name in outcome.error for p in files["t2"])
+    assert JobQueue(client, settings).depth() == 0
+
+
+def test_an_anonymised_study_without_type2_attributes_and_odd_values_is_done_with_warnings(
+        settings, worker, client, tmp_path):
+    files = write_study(tmp_path / "study", seed=5)
+    for path in [*files["t2"], *files["t1"]]:
+        ds = pydicom.dcmread(path)
+        for keyword in ("AccessionNumber", "StudyID", "ReferringPhysicianName", "PatientBirthDate"):
+            delattr(ds, keyword)
+        ds.PatientSex = "0000"
+        ds.save_as(path, enforce_file_format=True)
+    study = spool_files(settings.spool_dir, files)
+    enqueue(settings, study, client)
+
+    outcome = worker.run_once(block_ms=100)
+
+    assert outcome.state == StudyState.DONE, outcome.error
+    record = StudyStore(client, settings.stream_prefix).get(study.study_uid)
+    assert any("PatientSex" in w for w in record.warnings) and not any("0000" in w for w in record.warnings)
+    seg = pydicom.dcmread(outcome.processed.results["seg"])
+    assert seg.PatientSex == "" and seg.AccessionNumber == ""
 
 
 @pytest.mark.parametrize("present", ["t2", "t1"])
