@@ -39,6 +39,14 @@ redis.call('SET', KEYS[3], ARGV[3])
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
 """
 
+# KEYS: stream. ARGV: group, consumer, entry id. Resets the entry's idle time while this consumer holds it.
+_RENEW = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #held == 0 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
 _ACK = """
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -91,6 +99,7 @@ class JobQueue:
         self._enqueue = redis_client.register_script(_ENQUEUE)
         self._move = redis_client.register_script(_MOVE)
         self._ack = redis_client.register_script(_ACK)
+        self._renew = redis_client.register_script(_RENEW)
         self._group_ready = False
 
     # -- producer ------------------------------------------------------------------------------------------
@@ -157,6 +166,15 @@ class JobQueue:
                 if fields:
                     return self._delivery(_text(entry_id), fields, times_delivered=1)
         return None
+
+    def renew(self, delivery: Delivery, consumer_name: str) -> bool:
+        """Keep a job in progress claimed: reset its idle time, so no other worker reclaims it after the
+        visibility timeout. False when this consumer no longer holds it (reclaimed, acknowledged or gone):
+        the caller must then not deliver or acknowledge its results."""
+        try:
+            return bool(self._renew(keys=[self.keys.jobs], args=[self.group, consumer_name, delivery.entry_id]))
+        except redis.RedisError as exc:
+            raise QueueError(f"Redis unavailable renewing {delivery.job.job_id}: {exc}") from exc
 
     def ack(self, delivery: Delivery) -> None:
         """The job's results are persisted: remove it from the stream and remember its id as done."""

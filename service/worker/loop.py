@@ -59,13 +59,41 @@ class Worker:
         job = delivery.job
         log.info("job %s (attempt %d) claimed by %s", job.job_id, delivery.attempt, self.name)
         self._record(job.study_uid, StudyState.PROCESSING, attempts=delivery.attempt, job_id=job.job_id, error=None)
+        finished = threading.Event()
+        renewer = threading.Thread(target=self._keep_claimed, args=(delivery, finished), name="renew-claim",
+                                   daemon=True)
+        renewer.start()
         try:
             processed = process_job(job, self.model, self.settings)
         except INPUT_ERRORS as exc:
-            return self._fail_input(delivery, str(exc))
+            return self._unless_lost(delivery, finished, renewer) or self._fail_input(delivery, str(exc))
         except Exception as exc:  # noqa: BLE001 - the queue's retry-or-dead-letter is the edge for everything else
-            return self._fail_retry(delivery, exc)
-        return self._finish(delivery, processed)
+            return self._unless_lost(delivery, finished, renewer) or self._fail_retry(delivery, exc)
+        return self._unless_lost(delivery, finished, renewer) or self._finish(delivery, processed)
+
+    def _keep_claimed(self, delivery: Delivery, finished: threading.Event) -> None:
+        """Renew the claim every third of the visibility timeout while the job runs, so a job slower than
+        the timeout is not handed to a second worker; stops early once the claim is lost."""
+        interval = max(0.05, self.settings.visibility_timeout_s / 3)
+        while not finished.wait(interval):
+            try:
+                if not self.queue.renew(delivery, self.name):
+                    return
+            except QueueError as exc:
+                log.warning("%s; trying again in %.1f s", exc, interval)
+
+    def _unless_lost(self, delivery: Delivery, finished: threading.Event, renewer: threading.Thread
+                     ) -> JobOutcome | None:
+        """None while this worker still holds the job; otherwise (another worker reclaimed it, Redis lost
+        it) an outcome that records, delivers and acknowledges nothing: the holder does that, once."""
+        finished.set()
+        renewer.join()
+        if self.queue.renew(delivery, self.name):
+            return None
+        job = delivery.job
+        log.warning("job %s: claim lost while in progress; its results are left to the worker that holds it",
+                    job.job_id)
+        return JobOutcome(job.job_id, job.study_uid, StudyState.PROCESSING, "claim lost while in progress")
 
     def _finish(self, delivery: Delivery, processed: ProcessedJob) -> JobOutcome:
         job = delivery.job

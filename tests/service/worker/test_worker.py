@@ -275,3 +275,59 @@ def test_a_model_with_a_level_classifier_and_refiner_reports_scores_of_the_redra
     # the finding maps would have scored them otherwise
     maps = model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch).finding_maps
     assert not isinstance(maps, CroppedLevels)
+
+
+class _SlowModel:
+    """The real exported model, made slower than the visibility timeout (a slow CPU, a large study)."""
+
+    def __init__(self, model, delay_s: float) -> None:
+        self._model, self._delay_s = model, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def predict(self, *args, **kwargs):
+        import time
+
+        time.sleep(self._delay_s)
+        return self._model.predict(*args, **kwargs)
+
+
+def test_a_job_slower_than_the_visibility_timeout_is_processed_and_delivered_once(
+        redis_url, tmp_path, worker_model_dir, onnx_model):
+    import threading
+    import time
+
+    settings = make_settings(redis_url, tmp_path / "data", worker_model_dir, pacs_port=4242,
+                             visibility_timeout_s=0.3)
+    client = redis.Redis.from_url(settings.redis_url)
+    study = spool_files(settings.spool_dir, write_study(tmp_path / "study", seed=6))
+    job = enqueue(settings, study, client)
+    slow = Worker(settings, _SlowModel(onnx_model, delay_s=1.5), name="slow-worker")
+    rival = Worker(settings, onnx_model, name="rival-worker")
+    outcomes = {}
+    runner = threading.Thread(target=lambda: outcomes.setdefault("slow", slow.run_once(block_ms=100)))
+    runner.start()
+    queue = JobQueue(client, settings)
+    while queue.in_progress() == 0 and runner.is_alive():  # the slow worker holds the job first
+        time.sleep(0.01)
+    rival_claims = []
+    while runner.is_alive():
+        rival_claims.append(rival.run_once(block_ms=100))
+    runner.join()
+
+    assert outcomes["slow"].state == StudyState.DONE
+    assert [c for c in rival_claims if c is not None] == []  # the claim was renewed while the job ran
+    assert StudyStore(client, settings.stream_prefix).get(study.study_uid).attempts == 1
+    assert JobQueue(client, settings).job_status(job.job_id) == "done"
+    assert Outbox(client, settings).waiting() == 1
+
+
+def test_a_worker_whose_claim_was_taken_records_and_delivers_nothing(settings, worker, client, tmp_path):
+    study = spool_files(settings.spool_dir, write_study(tmp_path / "study", seed=7))
+    enqueue(settings, study, client)
+    queue = JobQueue(client, settings)
+    taken = queue.claim("other-worker", block_ms=100)
+
+    assert not queue.renew(taken, "test-worker")
+    assert queue.renew(taken, "other-worker")
