@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     api_tls_key: Path | None = None
     metrics_require_key: bool = True
     """GET /metrics asks for an API key like every other route; false lets Prometheus scrape without one."""
+    public_docs: bool = False
+    """/docs and /openapi.json answer without an API key (a trusted network); by default they ask for one,
+    as every route that describes the service does."""
     worker_heartbeat_s: float = Field(15.0, gt=0)
     """A worker counts as live for /readyz while its heartbeat is younger than three times this."""
 

@@ -70,6 +70,11 @@ class EncodeError(LumbarAIError):
     """Results could not be encoded as DICOM SEG, SR or JSON."""
 
 
+class UnencodableResultError(EncodeError):
+    """The study's own headers or geometry keep a SEG, SR or preview from being built: retrying cannot help
+    (a results folder that cannot be written is a plain EncodeError, and is retried)."""
+
+
 class DeliveryError(LumbarAIError):
     """A C-STORE to a destination failed."""
 

@@ -1,7 +1,8 @@
 """The FastAPI application, built from one Settings by ``create_app`` (tests build theirs the same way).
 
-Public without a key: /healthz and /readyz (compose and load balancers), /ui (a static page that holds
-no data and asks the user for a key), /docs and /openapi.json. /metrics asks for a key unless
+Public without a key: /healthz and /readyz (compose and load balancers; /readyz says only ready or not
+unless a key comes with it), and /ui (a static page that holds no data and asks the user for a key).
+/docs and /openapi.json ask for a key unless ``public_docs`` is true, /metrics unless
 ``metrics_require_key`` is false. Everything else answers 401 without a key and 403 with a wrong one.
 Errors from the stages are translated to HTTP here, and only here.
 """
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         docs_url=None,  # served from the package below, not from a CDN a hospital network may block
         redoc_url=None,
+        openapi_url=None,  # served by ui.add_offline_docs, behind the key unless settings.public_docs
         title="lumbar-ai",
         version=__version__,
         description=DESCRIPTION,
@@ -81,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(ui.router)
-    ui.add_offline_docs(app)
+    ui.add_offline_docs(app, public=settings.public_docs)
     app.include_router(studies.router, dependencies=protected)
     app.include_router(stow.router, dependencies=protected)
     _add_error_handlers(app)

@@ -35,7 +35,10 @@ def healthz() -> Health:
     summary="Readiness: Redis, spool disk space, a live worker with a model (no key needed)",
     responses={503: {"model": Health, "description": "not ready; checks says what is missing"}},
 )
-def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
+def readyz(settings: SettingsDep, client: RedisDep, request: Request,
+           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]) -> JSONResponse:
+    """Ready or not for anyone (a load balancer needs no more); what each check found only with a key, since
+    it names versions, free space and internal errors."""
     checks: dict[str, str] = {}
     ok = True
     try:
@@ -65,8 +68,16 @@ def readyz(settings: SettingsDep, client: RedisDep) -> JSONResponse:
     except OSError as exc:
         ok = False
         checks["spool"] = f"unusable: {exc.strerror}"
-    body = Health(status="ok" if ok else "unavailable", checks=checks)
+    body = Health(status="ok" if ok else "unavailable", checks=checks if _has_key(request, credentials) else {})
     return JSONResponse(body.model_dump(), status_code=200 if ok else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _has_key(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    try:
+        require_api_key(request, credentials)
+    except HTTPException:
+        return False
+    return True
 
 
 def _metrics_auth(

@@ -9,12 +9,15 @@ from __future__ import annotations
 from importlib import resources
 
 import swagger_ui_bundle
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.api.auth import require_api_key
+
 router = APIRouter(tags=["ui"])
+OPENAPI_URL = "/openapi.json"
 
 _PAGE = resources.files("service.api").joinpath("static/index.html")
 _HEADERS = {
@@ -38,15 +41,23 @@ def root() -> RedirectResponse:
     return RedirectResponse("ui")
 
 
-def add_offline_docs(app: FastAPI) -> None:
-    """/docs: Swagger UI from the swagger-ui-bundle package, so the docs work without internet access."""
+def add_offline_docs(app: FastAPI, public: bool) -> None:
+    """/openapi.json, and /docs: Swagger UI from the swagger-ui-bundle package, so the docs work without
+    internet access. Both ask for the API key unless ``public``; a browser sends none, so a site that wants
+    the page in a browser sets LUMBAR_AI_PUBLIC_DOCS=true on a trusted network, and clients fetch
+    /openapi.json with the key."""
+    guard = [] if public else [Depends(require_api_key)]
     app.mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=guard)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
     def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} API",
             swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/docs/static/swagger-ui.css",

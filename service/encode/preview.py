@@ -16,9 +16,10 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from service.encode.identity import PREVIEW_SERIES_NUMBER, ResultContext
-from service.errors import EncodeError
+from service.errors import UnencodableResultError
 from service.infer.postprocess import SpineResult
 from service.infer.series import SeriesVolume
+from service.logs import redact
 from service.ontology import Ontology
 
 DISPLAY_SIZE = 768
@@ -169,7 +170,8 @@ def build_secondary_capture(
             series_description=f"AI preview {context.model_name}"[:64],
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodeError(f"job {context.job_id}: preview could not be built: {exc}") from exc
+        raise UnencodableResultError(
+            f"job {context.job_id}: preview could not be built: {redact(str(exc), quotes_values=True)}") from exc
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc:  # Type 2C in General Series; the spine is unpaired, so empty
         sc.Laterality = ""

@@ -14,9 +14,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from service.encode.identity import SEG_SERIES_NUMBER, ResultContext
-from service.errors import EncodeError
+from service.errors import EncodeError, UnencodableResultError
 from service.infer.postprocess import SpineResult
 from service.infer.series import SeriesVolume
+from service.logs import redact
 from service.ontology import ANATOMICAL_STRUCTURE, SCT, Ontology
 
 
@@ -97,5 +98,6 @@ def build_seg(
             contributing_equipment=context.contributing_equipment(),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodeError(f"job {context.job_id}: SEG could not be built: {exc}") from exc
+        raise UnencodableResultError(
+            f"job {context.job_id}: SEG could not be built: {redact(str(exc), quotes_values=True)}") from exc
     return EncodedSeg(seg, segment_numbers)

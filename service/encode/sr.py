@@ -18,9 +18,10 @@ from pydicom.sr.codedict import codes
 
 from service.encode.identity import SR_SERIES_NUMBER, ResultContext
 from service.encode.seg import EncodedSeg, structure_code
-from service.errors import EncodeError
+from service.errors import UnencodableResultError
 from service.infer.postprocess import LevelResult, SpineResult
 from service.infer.series import SeriesVolume
+from service.logs import redact
 from service.ontology import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, Finding, Ontology
 
 PROBABILITY_SUFFIX = "P"
@@ -101,7 +102,8 @@ def build_sr(
             software_versions=context.software_versions,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodeError(f"job {context.job_id}: SR could not be built: {exc}") from exc
+        raise UnencodableResultError(
+            f"job {context.job_id}: SR could not be built: {redact(str(exc), quotes_values=True)}") from exc
     return sr
 
 

@@ -22,11 +22,11 @@ from service.encode.bundle import encode_study
 from service.encode.identity import ResultContext
 from service.encode.results import study_results_dir, write_results
 from service.errors import (
-    EncodeError,
     InconsistentSeriesError,
     MissingSeriesError,
     NoStructureFoundError,
     SeriesDecodeError,
+    UnencodableResultError,
 )
 from service.infer.postprocess import SpineResult, postprocess
 from service.infer.series import SeriesVolume, load_series, resample_onto
@@ -36,7 +36,8 @@ from service.receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
-INPUT_ERRORS = (MissingSeriesError, SeriesDecodeError, InconsistentSeriesError, NoStructureFoundError, EncodeError)
+INPUT_ERRORS = (MissingSeriesError, SeriesDecodeError, InconsistentSeriesError, NoStructureFoundError,
+                UnencodableResultError)
 
 
 class Model(Protocol):

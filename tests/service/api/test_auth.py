@@ -48,7 +48,15 @@ def test_health_routes_and_page_need_no_key(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code in (200, 503)  # readiness, not auth: checked elsewhere
     assert client.get("/ui").status_code == 200
-    assert client.get("/openapi.json").status_code == 200
+
+
+def test_api_docs_ask_for_the_key_unless_public_docs_is_set(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/openapi.json").status_code == 401 and c.get("/docs").status_code == 401
+        assert c.get("/openapi.json", headers=AUTH).json()["info"]["title"] == "lumbar-ai"
+        assert c.get("/docs", headers=AUTH).status_code == 200
+    with TestClient(create_app(settings.model_copy(update={"public_docs": True}))) as c:
+        assert c.get("/openapi.json").status_code == 200 and c.get("/docs").status_code == 200
 
 
 def test_metrics_open_only_when_configured(settings: Settings) -> None:

@@ -27,7 +27,7 @@ def test_healthz_answers_without_redis(settings: Settings) -> None:
     down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(down)) as c:
         assert c.get("/healthz").json() == {"status": "ok", "checks": {}}
-        ready = c.get("/readyz")
+        ready = c.get("/readyz", headers=AUTH)
         assert ready.status_code == 503
         assert ready.json()["checks"]["redis"].startswith("unavailable")
         samples = _metrics(c)
@@ -35,16 +35,25 @@ def test_healthz_answers_without_redis(settings: Settings) -> None:
 
 
 def test_readyz_wants_a_live_worker_with_a_model(client: TestClient, settings: Settings) -> None:
-    ready = client.get("/readyz")
+    ready = client.get("/readyz", headers=AUTH)
     assert ready.status_code == 503
     assert "no worker" in ready.json()["checks"]["workers"]
     r = redis.Redis.from_url(settings.redis_url)
     telemetry.heartbeat(
         r, settings.stream_prefix, "host-a:1", "demo", "0.1.0+synthetic", ["CPUExecutionProvider"]
     )
-    ready = client.get("/readyz")
+    ready = client.get("/readyz", headers=AUTH)
     assert ready.status_code == 200, ready.json()
     assert ready.json()["checks"]["workers"] == "ok: 1 live (0.1.0+synthetic)"
+
+
+def test_readyz_without_a_key_says_only_whether_the_service_is_ready(client: TestClient, settings: Settings) -> None:
+    assert client.get("/readyz").json() == {"status": "unavailable", "checks": {}}
+    telemetry.heartbeat(redis.Redis.from_url(settings.redis_url), settings.stream_prefix, "host-d:4", "demo",
+                        "0.1.0+synthetic", [])
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ok", "checks": {}}
+    assert client.get("/readyz", headers={"Authorization": "Bearer wrong"}).json()["checks"] == {}
 
 
 def test_readyz_ignores_a_stale_heartbeat(client: TestClient, settings: Settings) -> None:
@@ -55,7 +64,7 @@ def test_readyz_ignores_a_stale_heartbeat(client: TestClient, settings: Settings
         beat.split('"at": ')[1].split(",")[0], str(time.time() - 10 * settings.worker_heartbeat_s)
     )
     r.hset(telemetry.workers_key(settings.stream_prefix), "host-b:2", stale)
-    assert client.get("/readyz").status_code == 503
+    assert client.get("/readyz", headers=AUTH).status_code == 503
 
 
 def test_readyz_fails_when_the_spool_is_below_its_reserve(settings: Settings) -> None:
@@ -63,7 +72,7 @@ def test_readyz_fails_when_the_spool_is_below_its_reserve(settings: Settings) ->
     telemetry.heartbeat(r, settings.stream_prefix, "host-c:3", "demo", "1", [])
     huge = settings.model_copy(update={"disk_reserve_mb": 1 << 40})
     with TestClient(create_app(huge)) as c:
-        ready = c.get("/readyz")
+        ready = c.get("/readyz", headers=AUTH)
         assert ready.status_code == 503
         assert "below the reserve" in ready.json()["checks"]["spool"]
 

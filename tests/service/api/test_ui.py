@@ -82,7 +82,8 @@ def server(settings: Settings):
     image.save(out / "preview.png")
 
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    # public docs: a browser opening /docs sends no key
+    config = uvicorn.Config(create_app(settings.model_copy(update={"public_docs": True})), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
