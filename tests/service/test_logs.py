@@ -28,7 +28,8 @@ def test_a_redacting_handler_withholds_what_library_warnings_quote():
     logging.captureWarnings(True)
     try:
         logging.getLogger("pydicom").warning("Invalid value for VR PN: 'DOE^JANE'")
-        warnings.warn('The string "DOE JANE" is unlikely to represent the intended person name', UserWarning)
+        warnings.warn('The string "DOE JANE" is unlikely to represent the intended person name', UserWarning,
+                      stacklevel=1)
     finally:
         logging.captureWarnings(False)
         root.removeHandler(handler)
