@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     stream_prefix: str = "lumbar-ai"
     consumer_group: str = "workers"
     visibility_timeout_s: float = Field(300.0, gt=0)
+    recover_interval_s: float = Field(60.0, gt=0)
+    """How often the assembler checks that Redis still knows every assembled study (after Redis lost its
+    data, studies are queued again or marked done from their results on disk)."""
     max_attempts: int = Field(3, ge=1)
 
     # ④ infer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from service.assemble.assembler import Assembler
 from service.assemble.rules import load_rules
+from service.deliver.outbox import Outbox
 from service.errors import StudyNotFoundError
 from service.queue.state import StudyRecord, StudyStore
 from service.queue.stream import JobQueue
@@ -25,6 +26,9 @@ def build_assembler(settings, redis_client) -> Assembler:
         settle_s=settings.series_settle_s,
         retention_s=settings.retention_days * 86400.0,
         sweep_interval_s=getattr(settings, "retention_sweep_interval_s", 3600.0),
+        results_dir=settings.results_dir,
+        outbox=Outbox(redis_client, settings) if settings.destinations else None,
+        recover_interval_s=settings.recover_interval_s,
     )
 
 

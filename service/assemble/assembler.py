@@ -10,6 +10,12 @@ it reaches Redis only to record state and enqueue. A study is assembled when
 After assembling, the spool's ``.assembled`` file holds the digest of the study's content; a study whose
 content differs from it (new instances, or a restart before the job was enqueued) is assembled again, which
 is the start-up reconciliation: no complete study is ever left unqueued. Job ids make that repetition safe.
+
+Redis can lose its data (no persistence, a lost volume, a failover) while the spool and results on disk
+keep theirs. :meth:`Assembler.recover` runs at start-up and every ``recover_interval_s``: an assembled study
+that Redis has no record of is rebuilt from disk. With results of its current content on disk it is done
+again, and each destination without a delivery marker (results.delivered_marker) gets its delivery back;
+without, it is assembled and queued again.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from service.assemble.headers import InstanceHeader, read_header
 from service.assemble.rules import SeriesRules
 from service.assemble.selection import Selection, select_series
+from service.deliver.outbox import Outbox
+from service.deliver.scu import describe
+from service.encode.results import DICOM_KINDS, FILE_NAMES, results_job_id, study_results_dir, was_delivered
 from service.errors import QueueError, StudyNotFoundError
 from service.queue.jobs import Job, make_job_id
 from service.queue.state import StudyRecord, StudyState, StudyStore
@@ -56,6 +66,9 @@ class Assembler:
         clock: Callable[[], float] = time.time,
         retention_s: float | None = None,
         sweep_interval_s: float = 3600.0,
+        results_dir: Path | None = None,
+        outbox: Outbox | None = None,
+        recover_interval_s: float = 60.0,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -66,6 +79,9 @@ class Assembler:
         self.clock = clock
         self.retention_s = retention_s
         self.sweep_interval_s = sweep_interval_s
+        self.results_dir = results_dir
+        self.outbox = outbox
+        self.recover_interval_s = recover_interval_s
         self._tracked: dict[str, _Tracked] = {}
         self._lock = threading.Lock()
         self._redis_down = False
@@ -76,9 +92,21 @@ class Assembler:
         """Reconcile the spool, then poll until stop is set."""
         LOG.info("assembler: reconciling %d studies in the spool", len(self.spool.studies()))
         self.poll()
-        next_sweep = time.monotonic()
+        next_sweep = next_recovery = time.monotonic()
         while not stop.wait(interval_s):
             self.poll()
+            if time.monotonic() >= next_recovery:
+                next_recovery = time.monotonic() + self.recover_interval_s
+                try:
+                    recovered = self.recover()
+                except QueueError:
+                    recovered = []  # Redis down: poll says so; try again at the next interval
+                except Exception:
+                    LOG.exception("assembler: reconciliation with Redis failed")
+                    recovered = []
+                if recovered:
+                    LOG.warning("assembler: Redis had no record of %d assembled studies; rebuilt them from disk",
+                                len(recovered))
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.sweep_interval_s
                 try:
@@ -184,6 +212,45 @@ class Assembler:
                 self._tracked.pop(study_uid, None)
             removed.append(study_uid)
         return removed
+
+    # -- after Redis lost its data -------------------------------------------------------------------------
+
+    def recover(self) -> list[StudyRecord]:
+        """Rebuild the record, job or deliveries of every assembled study Redis has no record of."""
+        out = []
+        with self._lock:
+            for study_uid in self.spool.studies():
+                files = self.spool.instances(study_uid)
+                digest = digest_instances((f.sop_uid, f.size) for f in files)
+                if not files or self.spool.read_assembled(study_uid) != digest:
+                    continue  # not assembled as it is: poll() assembles it
+                if self.store.get(study_uid) is not None:
+                    continue
+                tracked = self._tracked.setdefault(study_uid, _Tracked())
+                out.append(self._recover_one(study_uid, files, digest, tracked))
+        return out
+
+    def _recover_one(self, study_uid: str, files: list[SpooledFile], digest: str, tracked: _Tracked
+                     ) -> StudyRecord:
+        selection = select_series(self._headers(tracked, files), self.rules)
+        job_id = make_job_id(study_uid, selection.selected_instances)
+        if selection.error or self.results_dir is None or results_job_id(self.results_dir, study_uid) != job_id:
+            return self._assemble(study_uid, files, digest, tracked, "recovered: queued again after Redis lost it")
+        folder = study_results_dir(self.results_dir, study_uid).resolve()
+        self.queue.mark_done(job_id)
+        self.store.ensure(study_uid, instances=len(files))
+        record = self.store.transition(
+            study_uid, StudyState.DONE, job_id=job_id, results_dir=str(folder),
+            results={kind: str(folder / name) for kind, name in FILE_NAMES.items() if (folder / name).is_file()},
+            **_record_fields(selection, "recovered: results found on disk after Redis lost the record"))
+        if self.outbox is not None:
+            pending = [d for d in self.outbox.settings.destinations
+                       if not was_delivered(self.results_dir, study_uid, describe(d), job_id)]
+            if pending:
+                self.outbox.enqueue(study_uid, job_id, DICOM_KINDS, pending)
+        tracked.headers.clear()
+        LOG.info("study %s: record rebuilt from its results on disk (job %s)", study_uid, job_id)
+        return record
 
     # -- assembling one study ------------------------------------------------------------------------------
 

@@ -120,12 +120,14 @@ class Outbox:
 
     # -- producer (the worker) ----------------------------------------------------------------------------
 
-    def enqueue(self, study_uid: str, job_id: str, kinds: tuple[str, ...]) -> int:
-        """One task per configured destination; returns how many were new (0 for a retried job)."""
+    def enqueue(self, study_uid: str, job_id: str, kinds: tuple[str, ...],
+                destinations: list[Destination] | None = None) -> int:
+        """One task per destination (default: every configured one); returns how many were new (0 for a
+        retried job)."""
         added = 0
         try:
             self._ensure_group()
-            for destination in self.settings.destinations:
+            for destination in self.settings.destinations if destinations is None else destinations:
                 task = DeliveryTask(study_uid, job_id, destination, tuple(kinds))
                 status = json.dumps({"state": "pending", "job_id": job_id, "attempts": 0, "at": time.time()})
                 entry = self._enqueue(

@@ -22,7 +22,7 @@ from service import telemetry
 from service.config import Settings, get_settings
 from service.deliver.outbox import ClaimedTask, Outbox
 from service.deliver.scu import describe, send_files, tls_context
-from service.encode.results import FILE_NAMES, study_results_dir, sweep_expired
+from service.encode.results import FILE_NAMES, mark_delivered, study_results_dir, sweep_expired
 from service.errors import DeliveryError, LumbarAIError, QueueError
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def deliver_one(outbox: Outbox, settings: Settings, consumer: str, block_ms: int
             task.job_id, name, task.attempt, reason, "will retry" if will_retry else "dead-lettered",
         )
         return Outcome(claimed, False, will_retry, reason)
+    mark_delivered(settings.results_dir, task.study_uid, name, task.job_id)
     outbox.delivered(claimed)
     telemetry.incr(outbox.redis, settings.stream_prefix, telemetry.DELIVERIES, destination=task.destination.ae_title)
     log.info("delivered job %s to %s (attempt %d)", task.job_id, name, task.attempt)

@@ -12,7 +12,9 @@ only after all of them are in place.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import time
@@ -76,6 +78,37 @@ def write_results(results_dir: Path, study_uid: str, files: dict[str, bytes]) ->
         paths[kind] = str(path.resolve())
     _fsync_dir(folder.parent)
     return paths
+
+
+def delivered_marker(results_dir: Path, study_uid: str, destination: str) -> Path:
+    """The file that says this study's results reached ``destination`` (its ``describe`` string).
+
+    It lives beside the results, not in Redis, so that a Redis that lost its data does not make the
+    reconciliation send a delivered result a second time."""
+    key = hashlib.sha256(destination.encode()).hexdigest()[:16]
+    return study_results_dir(results_dir, study_uid) / f".delivered-{key}"
+
+
+def mark_delivered(results_dir: Path, study_uid: str, destination: str, job_id: str) -> None:
+    write_atomic(delivered_marker(results_dir, study_uid, destination), job_id.encode())
+
+
+def was_delivered(results_dir: Path, study_uid: str, destination: str, job_id: str) -> bool:
+    """Whether the results of this job (not an earlier one of the same study) reached ``destination``."""
+    try:
+        return delivered_marker(results_dir, study_uid, destination).read_bytes().decode() == job_id
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def results_job_id(results_dir: Path, study_uid: str) -> str | None:
+    """The job id in the study's report.json, or None without a complete, readable report."""
+    try:
+        report = json.loads((study_results_dir(results_dir, study_uid) / FILE_NAMES["report"]).read_text())
+    except (OSError, ValueError):
+        return None
+    job_id = report.get("job_id") if isinstance(report, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 def sweep_expired(results_dir: Path, retention_days: float, now: float | None = None) -> list[str]:

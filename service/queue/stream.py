@@ -122,6 +122,14 @@ class JobQueue:
         except redis.RedisError as exc:
             raise QueueError(f"Redis unavailable: {exc}") from exc
 
+    def mark_done(self, job_id: str) -> None:
+        """Remember a job id as done whose results are on disk (reconciliation after Redis lost its data),
+        so the same content is not enqueued again."""
+        try:
+            self.redis.set(self.keys.job_id(job_id), "done")
+        except redis.RedisError as exc:
+            raise QueueError(f"Redis unavailable: {exc}") from exc
+
     def job_status(self, job_id: str) -> str | None:
         """ "queued", "done", "dead" or None (never enqueued, or forgotten)."""
         try:

@@ -17,55 +17,11 @@ from service.config import Settings
 from service.queue.state import StudyState, StudyStore
 from service.receive.listener import start_listener
 from service.receive.spool import Spool
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
+from tests.redis_server import RedisServer
 from tests.service.receive.study_factory import sag_t1_flair, sag_t2, write_study
 
 pytestmark = pytest.mark.integration
-
-
-class RedisServer:
-    """A private redis-server with AOF persistence in a temp dir, stoppable and restartable on its port."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                require_tool("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 def storescu(port: int, files: list[Path]) -> None:
