@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     api_keys: list[SecretStr] = Field(default_factory=list)
     api_keys_file: Path | None = None
     max_upload_mb: int = Field(2048, ge=1)
+    max_instance_mb: int = Field(1024, ge=1)
+    """Largest single DICOM instance accepted, over DICOM (refused 0xC210) or in an upload (413, per file
+    or zip member): an Enhanced MR of a whole study stays well below it."""
+    max_concurrent_uploads: int = Field(4, ge=1)
+    """Uploads (POST /studies, STOW-RS) handled at once per API process; more get 429 with Retry-After."""
     api_tls_cert: Path | None = None
     """PEM certificate for HTTPS served by uvicorn itself; unset when a reverse proxy terminates TLS."""
     api_tls_key: Path | None = None

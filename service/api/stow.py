@@ -20,7 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import BaseUrl, SpoolDep
 from service.api.schemas import Problem
-from service.api.uploads import Rejection, UploadOutcome, record_received, store_file
+from service.api.uploads import (
+    Rejection,
+    UploadOutcome,
+    copy_capped,
+    record_received,
+    store_file,
+    upload_slot,
+)
 
 # PS3.18 table I.2-1 / PS3.4 annex B failure reasons
 FAILURE_OUT_OF_RESOURCES = 0xA700
@@ -207,6 +214,12 @@ router = APIRouter(tags=["dicomweb"])
     },
 )
 async def stow(request: Request, spool: SpoolDep, base: BaseUrl) -> JSONResponse:
+    async with upload_slot(request):
+        return await _store_parts(request, spool, base)
+
+
+async def _store_parts(request: Request, spool, base: str) -> JSONResponse:
+    instance_limit = request.app.state.settings.max_instance_mb * 1024 * 1024
     boundary = boundary_of(request.headers.get("content-type"))
     parts = await iter_parts(request.stream(), boundary)
     outcome = UploadOutcome()
@@ -217,15 +230,21 @@ async def stow(request: Request, spool: SpoolDep, base: BaseUrl) -> JSONResponse
 
         def store_all() -> None:
             for part in parts:
-                data = part.file.read()
                 if part.content_type.lower() != "application/dicom":
                     outcome.rejected.append(Rejection(part.name, f"part is {part.content_type}", 415))
-                else:
-                    before = len(outcome.rejected)
-                    store_file(spool, part.name, data, outcome)
-                    if len(outcome.rejected) > before:
-                        failed[part.name] = data[:65536]  # enough for the header's UIDs
-                    part.file.close()
+                    continue
+                part.file.seek(0)
+                head = part.file.read(65536)  # enough for the header's UIDs
+                part.file.seek(0)
+                incoming = spool.new_incoming()
+                data = incoming if copy_capped(part.file, incoming, instance_limit) else Rejection(
+                    part.name, f"over the instance size limit of {instance_limit} bytes (LUMBAR_AI_MAX_INSTANCE_MB)",
+                    413)
+                before = len(outcome.rejected)
+                store_file(spool, part.name, data, outcome)
+                if len(outcome.rejected) > before:
+                    failed[part.name] = head
+                part.file.close()
 
         await run_in_threadpool(store_all)
     finally:

@@ -31,7 +31,14 @@ from service.api.schemas import (
     detail_of,
     summary_of,
 )
-from service.api.uploads import UploadOutcome, iter_files, overall_status, record_received, store_file
+from service.api.uploads import (
+    UploadOutcome,
+    iter_files,
+    overall_status,
+    record_received,
+    store_file,
+    upload_slot,
+)
 from service.assemble import actions
 from service.queue.state import StudyRecord, StudyState, StudyStore
 from service.receive.spool import Spool
@@ -83,6 +90,12 @@ async def upload(request: Request, spool: SpoolDep, settings: SettingsDep, base:
             "send multipart/form-data with one or more 'files' parts (DICOM files or zip archives)",
         )
     limit = settings.max_upload_mb * 1024 * 1024
+    instance_limit = settings.max_instance_mb * 1024 * 1024
+    async with upload_slot(request):
+        return await _store_upload(request, spool, limit, instance_limit, base)
+
+
+async def _store_upload(request: Request, spool, limit: int, instance_limit: int, base: str) -> JSONResponse:
     form = await request.form(max_files=MAX_FILES_PER_UPLOAD, max_fields=100)
     try:
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
@@ -93,7 +106,7 @@ async def upload(request: Request, spool: SpoolDep, settings: SettingsDep, base:
         def store_all() -> None:
             for i, up in enumerate(uploads):
                 name = (up.filename or f"file {i + 1}")[:200]
-                for member, data in iter_files(name, up.file, limit):
+                for member, data in iter_files(spool, name, up.file, instance_limit, limit):
                     store_file(spool, member, data, outcome)
 
         await run_in_threadpool(store_all)

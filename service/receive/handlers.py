@@ -7,11 +7,14 @@ ours; logged with its traceback). Logs carry UIDs, sizes and statuses, never dat
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pynetdicom import events
 
@@ -70,12 +73,37 @@ def handle_echo(event: events.Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: events.Event, spool: Spool, counters: ReceiveCounters | None = None) -> int:
-    """C-STORE: write the instance as received (file meta + the peer's encoded dataset) into the spool."""
+class InstanceTooLargeError(UndecodableDatasetError):
+    """An instance over the configured maximum size (refused 0xC210: resending it cannot help)."""
+
+
+def handle_store(event: events.Event, spool: Spool, counters: ReceiveCounters | None = None,
+                 max_instance_bytes: int | None = None) -> int:
+    """C-STORE: write the instance as received (file meta + the peer's encoded dataset) into the spool.
+
+    With pynetdicom's STORE_RECV_CHUNKED_DATASET (as the listener runs) the dataset arrives in a temp file,
+    which is copied to the spool in chunks: memory does not grow with the instance's size."""
     sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")[:64]
     try:
-        data = event.encoded_dataset(include_meta=True)
-        stored = spool.store_file_bytes(data)
+        received = _received_file(event)
+        if received is None:
+            data = event.encoded_dataset(include_meta=True)
+            if max_instance_bytes is not None and len(data) > max_instance_bytes:
+                raise InstanceTooLargeError(f"{len(data)} bytes, over the limit of {max_instance_bytes}")
+            stored = spool.store_file_bytes(data)
+        else:
+            size = received.stat().st_size
+            if max_instance_bytes is not None and size > max_instance_bytes:
+                raise InstanceTooLargeError(f"{size} bytes, over the limit of {max_instance_bytes}")
+            incoming = spool.new_incoming()
+            try:
+                shutil.copyfile(received, incoming)
+            except OSError as exc:
+                incoming.unlink(missing_ok=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SpoolFullError("no space left copying a received instance") from exc
+                raise ReceiveError(f"could not copy a received instance: {exc.strerror}") from exc
+            stored = spool.store_incoming(incoming)
     except SpoolFullError as exc:
         LOG.error("C-STORE %s refused 0xA700: %s", sop_uid, exc)
         status = OUT_OF_RESOURCES
@@ -105,6 +133,15 @@ def handle_store(event: events.Event, spool: Spool, counters: ReceiveCounters | 
     if counters is not None:
         counters.count(status)
     return status
+
+
+def _received_file(event: events.Event) -> Path | None:
+    """The temp file pynetdicom wrote the dataset to, or None when it kept the dataset in memory."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return None
+    return Path(path[0] if isinstance(path, tuple) else path)
 
 
 def handle_requested(event: events.Event, allowed_networks: Sequence[Network]) -> None:

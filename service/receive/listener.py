@@ -7,7 +7,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -115,11 +115,14 @@ class Listener:
 
 def start_listener(settings, spool: Spool, host: str | None = None, port: int | None = None) -> Listener:
     """Start accepting associations in background threads."""
+    # datasets arrive in temp files, not in memory: sixteen associations sending 200 MB instances would
+    # otherwise hold them all at once (a process-wide pynetdicom setting)
+    _config.STORE_RECV_CHUNKED_DATASET = True
     ae = build_ae(settings)
     counters = ReceiveCounters()
     handlers = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, counters]),
+        (evt.EVT_C_STORE, handle_store, [spool, counters, settings.max_instance_mb * 1024 * 1024]),
         (evt.EVT_REQUESTED, handle_requested, [parse_networks(settings.allowed_ips)]),
         (evt.EVT_REJECTED, handle_rejected),
     ]

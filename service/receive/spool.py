@@ -12,8 +12,10 @@ the study's ``.received`` marker, and the assembler (``lumbar-ai listen``) watch
 through the API triggers exactly what a C-STORE does. The spool never talks to Redis, so receiving goes on
 while Redis is down.
 
-A file appears under its final name only after temp file + fdatasync + atomic rename + directory fsync; a crash
-leaves at most a ``.*.tmp`` file, which listings ignore and :meth:`Spool.remove_stale_temp_files` deletes.
+A received file is written to ``<root>/.incoming/`` (by the caller in chunks, or from bytes), checked there
+without reading its pixels (instance_check.py), then fdatasynced, renamed to its final name and the directory
+fsynced; a crash leaves at most a ``.*.tmp`` file, which listings ignore and
+:meth:`Spool.remove_stale_temp_files` deletes.
 """
 
 from __future__ import annotations
@@ -30,21 +32,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from service.errors import ReceiveError, SpoolFullError, UndecodableDatasetError
+from service.receive.instance_check import PIXEL_KEYWORDS, check_part10_file
 from service.receive.uids import validate_uid
 
+INCOMING = ".incoming"
+"""Folder of the spool where received files are written before they are checked and moved into place."""
 MARKER = ".received"
 ASSEMBLED = ".assembled"
 SUFFIX = ".dcm"
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 FREE_SPACE_TTL_S = 1.0
-_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -74,85 +73,24 @@ class SpooledFile:
     size: int
 
 
-def _parse(data: bytes) -> Dataset:
-    """The dataset of a Part-10 file, checked complete; UndecodableDatasetError says what is wrong.
-
-    pydicom reads a truncated stream without complaint (a short last value, or an encapsulated Pixel Data
-    whose delimiter never came silently dropped), so completeness is checked here: every defined-length
-    value has its declared length, the last element ends where the stream ends, the identifying UIDs are
-    there, and an image storage SOP class carries pixel data.
-    """
-    if len(data) < 132 or data[128:132] != b"DICM":
-        raise UndecodableDatasetError("not a DICOM Part-10 stream (no 'DICM' prefix after the preamble)")
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
-        end = None
-        for raw in ds.elements():  # raw (unconverted) elements, in stream order
-            if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
-                # already converted by pydicom while reading (Specific Character Set) or a sequence
-                end = None
-                continue
-            if raw.value is not None and len(raw.value) != raw.length:
-                raise UndecodableDatasetError(
-                    f"element {raw.tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
-                )
-            end = raw.value_tell + raw.length
-        deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-        if end is not None and end != len(data) and not deflated:  # offsets of a deflated stream are inflated
-            raise UndecodableDatasetError(f"stream ends inside an element ({len(data) - end} stray bytes)")
-        for _ in ds:  # converts every element, nested sequences included: garbage raises here
-            pass
-        transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
-    except UndecodableDatasetError:
-        raise
-    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
-        raise UndecodableDatasetError(f"dataset could not be parsed ({type(exc).__name__})") from exc
-    if transfer_syntax is None:
-        raise UndecodableDatasetError("file meta has no TransferSyntaxUID")
-    for keyword in _REQUIRED:
-        if keyword not in ds:
-            raise UndecodableDatasetError(
-                f"dataset has no {keyword} (truncated, or not a composite instance)"
-            )
-    has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
-    if not has_pixels and ("Rows" in ds or "Image Storage" in UID(str(ds.SOPClassUID)).name):
-        # pydicom drops an encapsulated Pixel Data whose sequence delimiter never came: truncated
-        raise UndecodableDatasetError("image instance without complete pixel data (truncated?)")
-    if "PixelData" in ds:
-        _check_pixel_data_length(ds, UID(str(transfer_syntax)))
-    return ds
-
-
-def _check_pixel_data_length(ds: Dataset, transfer_syntax: UID) -> None:
-    """Native pixel data must hold what Rows, Columns, samples, frames and bits allocated say.
-
-    An instance whose header promises more pixels than it carries cannot be decoded later; acknowledging it
-    would keep the sender from ever sending it again, so it is refused now. Encapsulated (compressed) pixel
-    data has no fixed length; its decoder judges it in the worker."""
-    if transfer_syntax.is_encapsulated:
-        return
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        samples = int(ds.get("SamplesPerPixel") or 1)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        bits = int(ds.BitsAllocated)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise UndecodableDatasetError(f"image pixel module incomplete or malformed ({type(exc).__name__})") from exc
-    if min(rows, columns, samples, frames) < 1 or bits not in (1, 8, 16, 32, 64):
-        raise UndecodableDatasetError(
-            f"image pixel module out of range: {rows} x {columns}, {samples} samples, {frames} frames, "
-            f"{bits} bits allocated")
-    pixels = rows * columns * samples * frames
-    expected = (pixels + 7) // 8 if bits == 1 else pixels * bits // 8
-    actual = len(ds.PixelData)
-    if actual < expected:
-        raise UndecodableDatasetError(
-            f"pixel data holds {actual} bytes; {rows} x {columns} x {samples} samples x {frames} frames at "
-            f"{bits} bits need {expected}")
-
-
 def _is_mr_image(ds: Dataset) -> bool:
-    return str(ds.get("Modality", "")).upper() == "MR" and any(k in ds for k in _PIXEL_KEYWORDS)
+    return str(ds.get("Modality", "")).upper() == "MR" and any(k in ds for k in PIXEL_KEYWORDS)
+
+
+def _write_error(path: Path, exc: OSError) -> ReceiveError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFullError(f"no space left writing {path.name}")
+    return ReceiveError(f"could not write {path.name}: {exc.strerror}")
+
+
+def _same_content(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,19 +120,48 @@ class Spool:
     # -- writing -------------------------------------------------------------------------------------------
 
     def store_file_bytes(self, data: bytes) -> StoredInstance:
-        """Store one Part-10 file exactly as given (compressed data stays compressed).
+        """Store one Part-10 file given as bytes (see :meth:`store_incoming`)."""
+        incoming = self.new_incoming()
+        try:
+            fd = os.open(incoming, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            incoming.unlink(missing_ok=True)
+            raise _write_error(incoming, exc) from exc
+        return self.store_incoming(incoming)
 
-        Raises UndecodableDatasetError (not DICOM, truncated, garbage), InvalidUIDError (a UID that could
-        steer the path), SpoolFullError (below the disk reserve or out of space; no partial file is left).
+    def new_incoming(self) -> Path:
+        """A fresh temp file name in the spool, for a caller that writes a received file in chunks, so that
+        an instance of any size is never held in memory; pass it to :meth:`store_incoming`."""
+        folder = self.root / INCOMING
+        folder.mkdir(exist_ok=True)
+        return folder / f".{uuid.uuid4().hex}.tmp"
+
+    def store_incoming(self, incoming: Path) -> StoredInstance:
+        """Check and store one Part-10 file written to ``incoming`` (new_incoming), exactly as received
+        (compressed data stays compressed); the temp file is consumed whatever happens.
+
+        Raises UndecodableDatasetError (not DICOM, truncated, garbage, pixel data shorter than its header),
+        InvalidUIDError (a UID that could steer the path), SpoolFullError (below the disk reserve or out of
+        space; no partial file is left).
         """
-        ds = _parse(data)
-        study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-        sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-        sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
-        transfer_syntax = validate_uid(ds.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID")
-        path = self.instance_path(study_uid, series_uid, sop_uid)
-        duplicate = self._write(path, data)
+        try:
+            size = incoming.stat().st_size
+            ds = check_part10_file(incoming, size)
+            study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+            series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+            sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
+            transfer_syntax = validate_uid(ds.file_meta.get("TransferSyntaxUID"), "TransferSyntaxUID")
+            path = self.instance_path(study_uid, series_uid, sop_uid)
+            duplicate = self._place(incoming, path, size)
+        finally:
+            incoming.unlink(missing_ok=True)
         self._touch_marker(study_uid)
         return StoredInstance(
             study_uid=study_uid,
@@ -203,7 +170,7 @@ class Spool:
             sop_class_uid=sop_class,
             transfer_syntax_uid=transfer_syntax,
             path=path,
-            size=len(data),
+            size=size,
             duplicate=duplicate,
             ignored=not _is_mr_image(ds),
         )
@@ -219,39 +186,32 @@ class Spool:
             ) from exc
         return self.store_file_bytes(buffer.getvalue())
 
-    def _write(self, path: Path, data: bytes) -> bool:
-        """Write atomically; True when an identical file was already there (nothing written)."""
+    def _place(self, incoming: Path, path: Path, size: int) -> bool:
+        """Move the checked file to its final name durably; True when an identical file was already there
+        (nothing written)."""
         try:
             existing = os.stat(path)
         except FileNotFoundError:
             existing = None
-        if existing is not None and existing.st_size == len(data) and path.read_bytes() == data:
+        if existing is not None and existing.st_size == size and _same_content(path, incoming):
             return True
-        self._reserve(len(data))
-        tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        self._reserve(size)
         try:
+            if self.fsync:
+                fd = os.open(incoming, os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)  # data and size; the name is made durable by the directory fsync
+                finally:
+                    os.close(fd)
             try:
-                fd = os.open(tmp, flags, 0o640)
+                os.replace(incoming, path)
             except FileNotFoundError:  # first instance of its series: create the directories
                 self._ensure_dir(path.parent)
-                fd = os.open(tmp, flags, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fdatasync(fd)  # data and size; the name is made durable by the directory fsync
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+                os.replace(incoming, path)
             if self.fsync:
                 _fsync_dir(path.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise SpoolFullError(f"no space left writing {path.name}") from exc
-            raise ReceiveError(f"could not write {path.name}: {exc.strerror}") from exc
+            raise _write_error(path, exc) from exc
         return False
 
     def _reserve(self, size: int) -> None:
@@ -372,6 +332,12 @@ class Spool:
                         if f.name.startswith(".") and f.name.endswith(".tmp") and f.stat().st_mtime < cutoff:
                             Path(f.path).unlink(missing_ok=True)
                             removed += 1
+        incoming = self.root / INCOMING
+        if incoming.is_dir():
+            for f in incoming.iterdir():
+                if f.name.endswith(".tmp") and f.stat().st_mtime < cutoff:
+                    f.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
 

@@ -201,3 +201,43 @@ def test_stow_malformed_body_is_400(client: TestClient) -> None:
         content=b"no boundary anywhere",
     )
     assert response.status_code == 400
+
+
+def _capped_client(settings: Settings, **overrides) -> TestClient:
+    from service.api.app import create_app
+
+    return TestClient(create_app(settings.model_copy(update={"max_upload_mb": 50, **overrides})))
+
+
+def test_a_file_over_the_instance_limit_is_413_and_the_others_stay_stored(settings: Settings) -> None:
+    study = generate_uid()
+    good = mr_instance(study)
+    with _capped_client(settings, max_instance_mb=1) as client:
+        response = client.post("/studies", headers=AUTH, files=[
+            ("files", ("huge.dcm", b"\0" * (2 * 1024 * 1024))), ("files", ("good.dcm", good))])
+    assert response.status_code == 413
+    assert [r["file"] for r in response.json()["rejected"]] == ["huge.dcm"]
+    assert "instance size limit" in response.json()["rejected"][0]["reason"]
+    assert len(_spooled(settings, study)) == 1
+    assert not any((settings.spool_dir / ".incoming").iterdir())  # nothing left behind
+
+
+def test_a_zip_bomb_member_over_the_instance_limit_is_413_without_being_expanded(settings: Settings) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.dcm", b"\0" * (20 * 1024 * 1024))
+        archive.writestr("good.dcm", mr_instance())
+    with _capped_client(settings, max_instance_mb=1) as client:
+        response = client.post("/studies", headers=AUTH, files=[("files", ("bombs.zip", buffer.getvalue()))])
+    assert response.status_code == 413
+    assert [r["file"] for r in response.json()["rejected"]] == ["bombs.zip:bomb.dcm"]
+    assert response.json()["studies"][0]["instances"] == 1
+
+
+def test_uploads_beyond_the_concurrent_limit_get_429_with_retry_after(settings: Settings) -> None:
+    with _capped_client(settings, max_concurrent_uploads=1) as client:
+        client.app.state.uploads_in_progress = 1  # one upload holds the only slot
+        response = client.post("/studies", headers=AUTH, files=[("files", ("a.dcm", mr_instance()))])
+        assert response.status_code == 429 and response.headers["retry-after"] == "5"
+        client.app.state.uploads_in_progress = 0
+        assert client.post("/studies", headers=AUTH, files=[("files", ("a.dcm", mr_instance()))]).status_code == 202

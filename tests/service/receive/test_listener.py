@@ -250,6 +250,22 @@ def test_pixel_data_shorter_than_its_header_gets_c210_and_nothing_is_spooled(sta
     assert spooled(settings) == {}
 
 
+def test_an_instance_over_the_size_limit_gets_c210_and_a_smaller_one_is_stored(start):
+    listener, settings = start(max_instance_mb=1)
+    big = make_instance(generate_uid(), generate_uid(), sag_t2(), 0)
+    big.Rows, big.Columns = 1024, 1024
+    big.PixelData = bytes(1024 * 1024 * 2)  # 2 MiB of native pixel data
+    small = make_instance(generate_uid(), generate_uid(), sag_t2(), 0)
+    assoc = _associate(listener.port)
+    try:
+        assert assoc.send_c_store(big).Status == 0xC210
+        assert assoc.send_c_store(small).Status == 0x0000
+    finally:
+        assoc.release()
+    assert list(spooled(settings)) == [small.SOPInstanceUID]
+    assert not any((settings.spool_dir / ".incoming").iterdir())
+
+
 @pytest.mark.parametrize(
     "keyword, uid",
     [
