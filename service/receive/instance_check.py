@@ -35,7 +35,7 @@ def check_part10_file(path: Path, size: int) -> Dataset:
     try:
         ds = pydicom.dcmread(path, force=False, defer_size=DEFER_BYTES)
         end = None
-        for raw in ds.elements():  # raw (unconverted) elements, in stream order
+        for raw in (ds.get_item(tag, keep_deferred=True) for tag in ds.keys()):  # raw elements, stream order
             if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
                 # already converted by pydicom while reading (Specific Character Set) or a sequence
                 end = None
@@ -51,7 +51,7 @@ def check_part10_file(path: Path, size: int) -> Dataset:
                 raise UndecodableDatasetError(f"stream ends inside an element ({end - size} bytes missing)")
             raise UndecodableDatasetError(f"stream ends inside an element ({size - end} stray bytes)")
         for tag in list(ds.keys()):  # converts every element read (not the deferred ones): garbage raises here
-            raw = ds.get_item(tag)
+            raw = ds.get_item(tag, keep_deferred=True)
             if not (isinstance(raw, RawDataElement) and raw.value is None):
                 ds[tag]
         transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -77,7 +77,7 @@ def check_part10_file(path: Path, size: int) -> Dataset:
 
 def _value_length(ds: Dataset, keyword: str) -> int:
     """An element's value length without reading a deferred value."""
-    element = ds.get_item(keyword)
+    element = ds.get_item(keyword, keep_deferred=True)
     if isinstance(element, RawDataElement):
         return len(element.value) if element.value is not None else int(element.length)
     return len(element.value)
