@@ -359,3 +359,35 @@ def test_two_discs_joined_by_a_bridge_of_disc_voxels_are_split_by_their_labels_a
     assert [lv.label for lv in result.levels] == CANONICAL
     assert (result.labels[labels == low] == low).all()
     assert (result.labels[labels == high] == high).all()  # the bridge goes to whichever disc is nearer
+
+
+def _one_level_up(labels: list[int]) -> list[int]:
+    """Each disc and vertebra named as the next one up (the top ones dropped); the sacrum kept."""
+    order = ONT.caudal_to_cranial()
+    up = {}
+    for kind in ("disc", "vertebra"):
+        chain = [s.label for s in order if s.kind == kind]
+        up.update(zip(chain[:-1], chain[1:], strict=True))
+    return [up.get(v, v if ONT.by_label(v).kind == "sacrum" else 0) for v in labels]
+
+
+def test_raw_naming_agreement_is_one_for_a_consistent_column_and_less_for_a_swapped_one():
+    from service.infer.postprocess import _ordered_components, raw_naming_agreement
+
+    l3, l4 = ONT.by_level("L3", "vertebra").label, ONT.by_level("L4", "vertebra").label
+    for labels, expected_one in ((CANONICAL, True), ([{l3: l4, l4: l3}.get(v, v) for v in CANONICAL], False)):
+        changes = []
+        ordered, _ = _ordered_components(spine(labels), ONT, grid(), SPACING[0] * SPACING[1] * SLICE, changes)
+        assert (raw_naming_agreement(ordered, changes) == 1.0) is expected_one
+
+
+def test_a_column_the_model_named_consistently_is_delivered_as_named_once_raw_naming_is_trusted(monkeypatch):
+    import service.infer.postprocess as module
+
+    shifted = spine(_one_level_up(CANONICAL))
+    counted = postprocess(shifted, {}, ONT, {}, grid())  # counting from the sacrum renames every level
+    assert any(c.kind == "relabelled" for c in counted.changes)
+    monkeypatch.setattr(module, "RAW_NAMING_TRUSTED", 0.99)
+    trusted = postprocess(shifted, {}, ONT, {}, grid())
+    assert not any(c.kind == "relabelled" for c in trusted.changes)
+    np.testing.assert_array_equal(trusted.labels, shifted)
