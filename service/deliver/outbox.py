@@ -26,6 +26,7 @@ import redis
 from service.config import Destination, Settings
 from service.deliver.scu import describe
 from service.errors import QueueError
+from service.queue.stream import group_lost
 
 GROUP = "deliverers"
 TASK_KEY_TTL_S = 30 * 86400
@@ -144,25 +145,36 @@ class Outbox:
     def claim(self, consumer: str, block_ms: int = 1000) -> ClaimedTask | None:
         """A task whose deliverer died, else one that is due, else a new one (waiting up to block_ms)."""
         try:
-            self._ensure_group()
-            self._promote(keys=[self.delayed, self.stream], args=[repr(time.time()), 100])
-            stale = self.redis.xautoclaim(
-                self.stream,
-                GROUP,
-                consumer,
-                min_idle_time=int(self.settings.deliver_visibility_timeout_s * 1000),
-                start_id="0-0",
-                count=1,
-            )
-            entries = stale[1] if len(stale) > 1 else []
-            entries = [e for e in entries if e[1]]
-            if not entries:
-                response = self.redis.xreadgroup(
-                    GROUP, consumer, {self.stream: ">"}, count=1, block=block_ms if block_ms > 0 else None
-                )
-                entries = [e for _, batch in response or [] for e in batch if e[1]]
+            return self._claim(consumer, block_ms)
+        except redis.ResponseError as exc:
+            if not group_lost(exc):
+                raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
         except redis.RedisError as exc:
             raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
+        self._group_ready = False  # Redis restarted without its data: reconciliation refills the stream
+        try:
+            return self._claim(consumer, block_ms)
+        except redis.RedisError as exc:
+            raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
+
+    def _claim(self, consumer: str, block_ms: int) -> ClaimedTask | None:
+        self._ensure_group()
+        self._promote(keys=[self.delayed, self.stream], args=[repr(time.time()), 100])
+        stale = self.redis.xautoclaim(
+            self.stream,
+            GROUP,
+            consumer,
+            min_idle_time=int(self.settings.deliver_visibility_timeout_s * 1000),
+            start_id="0-0",
+            count=1,
+        )
+        entries = stale[1] if len(stale) > 1 else []
+        entries = [e for e in entries if e[1]]
+        if not entries:
+            response = self.redis.xreadgroup(
+                GROUP, consumer, {self.stream: ">"}, count=1, block=block_ms if block_ms > 0 else None
+            )
+            entries = [e for _, batch in response or [] for e in batch if e[1]]
         if not entries:
             return None
         entry_id, fields = entries[0]

@@ -147,28 +147,39 @@ class JobQueue:
         when reclaimed go to the dead-letter stream instead of being returned.
         """
         try:
-            self._ensure_group()
-            while True:
-                reclaimed = self._reclaim_one(consumer_name)
-                if reclaimed is None:
-                    break
-                if reclaimed.attempt <= self.max_attempts:
-                    return reclaimed
-                self._dead_letter(
-                    reclaimed,
-                    reclaimed.last_error
-                    or f"worker did not finish within {self.visibility_ms / 1000:g} s, {self.max_attempts} times",
-                    attempts=reclaimed.attempt - 1,
-                )
-            response = self.redis.xreadgroup(
-                self.group,
-                consumer_name,
-                {self.keys.jobs: ">"},
-                count=1,
-                block=block_ms if block_ms > 0 else None,
-            )
+            return self._claim(consumer_name, block_ms)
+        except redis.ResponseError as exc:
+            if not group_lost(exc):
+                raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
         except redis.RedisError as exc:
             raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
+        self._group_ready = False  # Redis restarted without its data: reconciliation refills the stream
+        try:
+            return self._claim(consumer_name, block_ms)
+        except redis.RedisError as exc:
+            raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
+
+    def _claim(self, consumer_name: str, block_ms: int) -> Delivery | None:
+        self._ensure_group()
+        while True:
+            reclaimed = self._reclaim_one(consumer_name)
+            if reclaimed is None:
+                break
+            if reclaimed.attempt <= self.max_attempts:
+                return reclaimed
+            self._dead_letter(
+                reclaimed,
+                reclaimed.last_error
+                or f"worker did not finish within {self.visibility_ms / 1000:g} s, {self.max_attempts} times",
+                attempts=reclaimed.attempt - 1,
+            )
+        response = self.redis.xreadgroup(
+            self.group,
+            consumer_name,
+            {self.keys.jobs: ">"},
+            count=1,
+            block=block_ms if block_ms > 0 else None,
+        )
         for _stream, entries in response or []:
             for entry_id, fields in entries:
                 if fields:
@@ -312,3 +323,8 @@ class JobQueue:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def group_lost(exc: redis.ResponseError) -> bool:
+    """NOGROUP: the stream's consumer group is gone, as after Redis restarted without its data."""
+    return str(exc).startswith("NOGROUP")

@@ -123,6 +123,19 @@ def test_a_retried_job_does_not_enqueue_its_delivery_twice(redis_url, results):
     assert outbox.waiting() == 1
 
 
+def test_a_delivery_requeued_after_redis_lost_its_data_is_claimed(redis_url, results):
+    data_dir, study_uid, job_id, _ = results
+    settings = _settings(redis_url, data_dir, free_port())
+    outbox = _outbox(settings)
+    outbox.enqueue(study_uid, job_id, DICOM_KINDS)
+    assert outbox.claim("d1", block_ms=0) is not None
+    for key in outbox.redis.scan_iter(f"{settings.stream_prefix}:*"):  # as after a restart without persistence
+        outbox.redis.delete(key)
+    assert outbox.enqueue(study_uid, job_id, DICOM_KINDS) == 1  # reconciliation gives the result back
+    claimed = outbox.claim("d1", block_ms=0)
+    assert claimed is not None and claimed.task.job_id == job_id
+
+
 def test_delivery_is_dead_lettered_with_its_reason_after_max_attempts(redis_url, results):
     data_dir, study_uid, job_id, _ = results
     settings = _settings(redis_url, data_dir, free_port(), deliver_max_attempts=2)

@@ -86,6 +86,17 @@ def test_claim_delivers_each_new_job_once_then_nothing(client):
     assert q.in_progress() == 1
 
 
+def test_claim_after_redis_lost_its_data_makes_the_group_again_and_returns_the_requeued_job(client):
+    q = queue(client)
+    q.enqueue(job())
+    assert q.claim("w1", block_ms=0) is not None
+    for key in client.scan_iter(f"{q.keys.prefix}:*"):  # as after a restart without persistence
+        client.delete(key)
+    assert q.enqueue(job())  # reconciliation re-queues the study from the spool
+    delivery = q.claim("w1", block_ms=0)
+    assert delivery is not None and delivery.job == job()
+
+
 def test_ack_removes_the_entry_and_an_identical_job_is_not_enqueued_again(client):
     q = queue(client)
     q.enqueue(job())
