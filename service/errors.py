@@ -30,6 +30,10 @@ class UndecodableDatasetError(ReceiveError):
     """The bytes received are not a DICOM dataset we can parse."""
 
 
+class NotDicomError(UndecodableDatasetError):
+    """The bytes are not a DICOM Part-10 stream at all (no 'DICM' prefix): another kind of file."""
+
+
 class AssembleError(LumbarAIError):
     """A study could not be assembled into a job."""
 

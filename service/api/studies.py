@@ -74,7 +74,8 @@ _ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Prob
     summary="Upload DICOM files or a zip of them",
     openapi_extra={"requestBody": _UPLOAD_BODY},
     responses={
-        400: {"model": UploadResponse, "description": "a file has an invalid UID or a zip is broken"},
+        400: {"model": UploadResponse,
+              "description": "a DICOM file is truncated or inconsistent, has an invalid UID, or a zip is broken"},
         413: {"model": UploadResponse, "description": "body or zip content over LUMBAR_AI_MAX_UPLOAD_MB"},
         415: {"model": UploadResponse, "description": "a file is not DICOM (named in the response)"},
         507: {"model": UploadResponse, "description": "the spool is below its disk reserve"},

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from fastapi import HTTPException, status
 
 from service import telemetry
-from service.errors import InvalidUIDError, ReceiveError, SpoolFullError, UndecodableDatasetError
+from service.errors import InvalidUIDError, NotDicomError, ReceiveError, SpoolFullError, UndecodableDatasetError
 from service.receive.spool import Spool, StoredInstance
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -119,8 +119,10 @@ def store_file(spool: Spool, name: str, data: Path | Rejection, outcome: UploadO
         return
     try:
         outcome.accepted.append(spool.store_incoming(data))
-    except UndecodableDatasetError as exc:
+    except NotDicomError as exc:
         outcome.rejected.append(Rejection(name, f"not DICOM: {exc}", 415))
+    except UndecodableDatasetError as exc:  # DICOM, but truncated or inconsistent
+        outcome.rejected.append(Rejection(name, f"DICOM file cannot be read: {exc}", 400))
     except InvalidUIDError as exc:
         outcome.rejected.append(Rejection(name, f"invalid UID: {exc}", 400))
     except SpoolFullError as exc:

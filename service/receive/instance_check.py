@@ -18,7 +18,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from service.errors import UndecodableDatasetError
+from service.errors import NotDicomError, UndecodableDatasetError
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -31,7 +31,7 @@ def check_part10_file(path: Path, size: int) -> Dataset:
     with open(path, "rb") as fh:
         head = fh.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
-        raise UndecodableDatasetError("not a DICOM Part-10 stream (no 'DICM' prefix after the preamble)")
+        raise NotDicomError("not a DICOM Part-10 stream (no 'DICM' prefix after the preamble)")
     try:
         ds = pydicom.dcmread(path, force=False, defer_size=DEFER_BYTES)
         end = None

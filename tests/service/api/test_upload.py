@@ -81,6 +81,13 @@ def test_non_dicom_file_is_named_in_415_and_good_files_stay_stored(
     assert sorted(_spooled(settings, study).values()) == sorted(good)
 
 
+def test_truncated_dicom_file_is_refused_with_400_and_its_reason(client: TestClient) -> None:
+    response = client.post("/studies", headers=AUTH, files=[("files", ("cut.dcm", mr_instance()[:300]))])
+    assert response.status_code == 400
+    [rejected] = response.json()["rejected"]
+    assert rejected["file"] == "cut.dcm" and rejected["reason"].startswith("DICOM file cannot be read: ")
+
+
 def test_truncated_dicom_member_of_a_zip_is_named(client: TestClient) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
