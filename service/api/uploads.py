@@ -19,7 +19,13 @@ from typing import BinaryIO
 from fastapi import HTTPException, status
 
 from service import telemetry
-from service.errors import InvalidUIDError, NotDicomError, ReceiveError, SpoolFullError, UndecodableDatasetError
+from service.errors import (
+    InvalidUIDError,
+    NotDicomError,
+    ReceiveError,
+    SpoolFullError,
+    UndecodableDatasetError,
+)
 from service.receive.spool import Spool, StoredInstance
 
 ZIP_MAGIC = b"PK\x03\x04"

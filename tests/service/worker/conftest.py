@@ -53,6 +53,11 @@ def spine_images(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 def worker_model_dir(tmp_path_factory) -> Path:
     """The tiny text-guided model trained TRAIN_STEPS steps on spine bands, exported and parity-checked."""
     pytest.importorskip("torch")
+    return train_bands_model(tmp_path_factory.mktemp("worker_model"))
+
+
+def train_bands_model(root: Path) -> Path:
+    """Trains and exports the tiny spine-bands model under ``root`` (also used by bench/bench_faults.py)."""
     import SimpleITK as sitk
 
     from model_export.configs import get_config
@@ -61,7 +66,6 @@ def worker_model_dir(tmp_path_factory) -> Path:
     from model_export.training.loop import train
     from service.ontology import DEFAULT_ONTOLOGY
 
-    root = tmp_path_factory.mktemp("worker_model")
     for i in range(3):
         labels = spine_labels(i)
         t2, t1 = spine_images(labels, i)

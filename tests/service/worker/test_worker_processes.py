@@ -124,7 +124,14 @@ def test_sigterm_stops_an_idle_worker_cleanly(redis_url, tmp_path, worker_model_
     assert not client.hexists(f"{settings.stream_prefix}:workers", "polite")
 
 
+SECRETS = {"PatientName": "Zyxwvut Qponml", "PatientID": "PID-SECRET-8842", "PatientBirthDate": "19xx0101"}
+
+
 def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, worker_model_dir, onnx_model):
+    """Also: no log line of the listener, the worker or its delivery holds the patient's name, ID or birth date
+    (a name without a caret and an invalid date, so that pydicom and highdicom warn about them)."""
+    import pydicom
+
     storescu = require_tool("storescu")
     pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
     settings = make_settings(
@@ -138,6 +145,11 @@ def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, 
     )
     client = redis.Redis.from_url(settings.redis_url)
     files = write_study(tmp_path / "study", seed=9)
+    for path in [*files["t2"], *files["t1"]]:
+        ds = pydicom.dcmread(path)
+        for keyword, value in SECRETS.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
     log = tmp_path / "services.log"
     listener = start(settings, "listen", log=log)
     worker = start(settings, "worker", "--name", "e2e", log=log)
@@ -159,6 +171,10 @@ def test_end_to_end_storescu_to_listener_to_worker_to_pacs(redis_url, tmp_path, 
     assert Counter(str(ds.SOPClassUID) for ds in received) == {SEG: 1, SR: 1, SC: 1}, log.read_text()[-4000:]
     study_uid = str(received[0].StudyInstanceUID)
     assert StudyStore(client, settings.stream_prefix).get(study_uid).state == StudyState.DONE
+    text = log.read_text()
+    assert "service.receive" in text and "service.deliver" in text, text[-2000:]  # both logged
+    for secret in ("Zyxwvut", "Qponml", SECRETS["PatientID"], SECRETS["PatientBirthDate"]):
+        assert secret not in text
 
     t2, t1 = load_series(files["t2"]), load_series(files["t1"])
     prediction = onnx_model.predict(t2.pixels, resample_onto(t1, t2), t2.pixel_spacing, settings.slice_batch)
