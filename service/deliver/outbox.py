@@ -26,7 +26,7 @@ import redis
 from service.config import Destination, Settings
 from service.deliver.scu import describe
 from service.errors import QueueError
-from service.queue.stream import group_lost
+from service.queue.stream import claim_making_group_again
 
 GROUP = "deliverers"
 TASK_KEY_TTL_S = 30 * 86400
@@ -144,18 +144,11 @@ class Outbox:
 
     def claim(self, consumer: str, block_ms: int = 1000) -> ClaimedTask | None:
         """A task whose deliverer died, else one that is due, else a new one (waiting up to block_ms)."""
-        try:
-            return self._claim(consumer, block_ms)
-        except redis.ResponseError as exc:
-            if not group_lost(exc):
-                raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
-        except redis.RedisError as exc:
-            raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
-        self._group_ready = False  # Redis restarted without its data: reconciliation refills the stream
-        try:
-            return self._claim(consumer, block_ms)
-        except redis.RedisError as exc:
-            raise QueueError(f"Redis unavailable claiming a delivery: {exc}") from exc
+        return claim_making_group_again(lambda: self._claim(consumer, block_ms), self._forget_group,
+                                        "claiming a delivery")
+
+    def _forget_group(self) -> None:
+        self._group_ready = False
 
     def _claim(self, consumer: str, block_ms: int) -> ClaimedTask | None:
         self._ensure_group()

@@ -16,13 +16,17 @@ every delivery counts as an attempt, so a job that kills its worker ends in the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from service.errors import QueueError
 from service.queue.jobs import Job
 from service.queue.keys import Keys
+
+T = TypeVar("T")
 
 _ENQUEUE = """
 if redis.call('SET', KEYS[1], 'queued', 'NX') then
@@ -146,18 +150,11 @@ class JobQueue:
         Blocks up to block_ms for a new entry (0 or less: do not block). Entries whose attempts are used up
         when reclaimed go to the dead-letter stream instead of being returned.
         """
-        try:
-            return self._claim(consumer_name, block_ms)
-        except redis.ResponseError as exc:
-            if not group_lost(exc):
-                raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
-        except redis.RedisError as exc:
-            raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
-        self._group_ready = False  # Redis restarted without its data: reconciliation refills the stream
-        try:
-            return self._claim(consumer_name, block_ms)
-        except redis.RedisError as exc:
-            raise QueueError(f"Redis unavailable claiming a job: {exc}") from exc
+        return claim_making_group_again(lambda: self._claim(consumer_name, block_ms), self._forget_group,
+                                        "claiming a job")
+
+    def _forget_group(self) -> None:
+        self._group_ready = False
 
     def _claim(self, consumer_name: str, block_ms: int) -> Delivery | None:
         self._ensure_group()
@@ -325,6 +322,19 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def group_lost(exc: redis.ResponseError) -> bool:
-    """NOGROUP: the stream's consumer group is gone, as after Redis restarted without its data."""
-    return str(exc).startswith("NOGROUP")
+def claim_making_group_again(claim: Callable[[], T], forget_group: Callable[[], None], what: str) -> T:
+    """``claim()``; when Redis answers NOGROUP (it restarted without its data, and reconciliation refills
+    the stream) the consumer group is made again and the claim tried once more. Redis errors become
+    QueueError."""
+    try:
+        return claim()
+    except redis.ResponseError as exc:
+        if not str(exc).startswith("NOGROUP"):
+            raise QueueError(f"Redis unavailable {what}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise QueueError(f"Redis unavailable {what}: {exc}") from exc
+    forget_group()
+    try:
+        return claim()
+    except redis.RedisError as exc:
+        raise QueueError(f"Redis unavailable {what}: {exc}") from exc
