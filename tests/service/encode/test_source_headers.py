@@ -155,15 +155,18 @@ def test_results_pass_dciodvfy_for_every_source_header_variant(tmp_path, variant
     assert not name or not any(name in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.parametrize("form", ["implicit-vr", "enhanced-mr", "mirrored"])
+OBLIQUE = Geometry(row_dir=(0.0, 0.98481, 0.17365), col_dir=(0.0, 0.17365, -0.98481))  # sagittal tilted 10 deg
+
+
+@pytest.mark.parametrize("form", ["implicit-vr", "enhanced-mr", "mirrored", "oblique"])
 def test_results_pass_dciodvfy_for_every_source_encoding_and_orientation(tmp_path, form):
     if form == "enhanced-mr":
         case = make_case(tmp_path / "src", enhanced=True)
         paths = case.paths
     else:
         case = make_case(tmp_path / "unused")
-        geometry = (Geometry(row_dir=(0.0, -1.0, 0.0), col_dir=(0.0, 0.0, -1.0)) if form == "mirrored"
-                    else Geometry())
+        geometry = {"mirrored": Geometry(row_dir=(0.0, -1.0, 0.0), col_dir=(0.0, 0.0, -1.0)),
+                    "oblique": OBLIQUE}.get(form, Geometry())
         syntax = ImplicitVRLittleEndian if form == "implicit-vr" else "1.2.840.10008.1.2.1"
         paths = write_series(tmp_path / "src", phantom(SHAPE), geometry, transfer_syntax=syntax)
     written, _ = _encode_and_check(tmp_path, paths, case.context)
