@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import socket
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def service_log_text() -> Iterator[io.StringIO]:
+    """Every log record at DEBUG and every library warning, through the redacting handler that the
+    processes install (service.logs): what an operator would read."""
+    from service.logs import install
+
+    buffer = io.StringIO()
+    handler = install(logging.StreamHandler(buffer))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            logging.captureWarnings(True)
+            yield buffer
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def require_tool(name: str) -> str:

@@ -253,34 +253,18 @@ def test_uploads_beyond_the_concurrent_limit_get_429_with_retry_after(settings: 
 def test_no_log_line_of_an_upload_holds_the_patients_name_id_or_birth_date(client: TestClient) -> None:
     """Through the API's own log handler (the one `lumbar-ai api` installs), at DEBUG, with every library
     warning logged: an invalid birth date and a name without a caret are what libraries warn about."""
-    import logging
-    import warnings
-
     import pydicom
 
-    from service.logs import install
+    from tests.conftest import service_log_text
 
     ds = pydicom.dcmread(io.BytesIO(mr_instance()))
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Zyxwvut Qponml", "PID-SECRET-8842", "19xx0101"
     data = io.BytesIO()
     ds.save_as(data, enforce_file_format=True)
-    buffer = io.StringIO()
-    handler = install(logging.StreamHandler(buffer))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level = root.level
-    root.setLevel(logging.DEBUG)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            logging.captureWarnings(True)
-            response = client.post("/studies", headers=AUTH, files=[("files", ("a.dcm", data.getvalue()))])
-            study = response.json()["studies"][0]["study_uid"]
-            assert client.get(f"/studies/{study}", headers=AUTH).status_code == 200
-    finally:
-        logging.captureWarnings(False)
-        root.removeHandler(handler)
-        root.setLevel(level)
+    with service_log_text() as buffer:
+        response = client.post("/studies", headers=AUTH, files=[("files", ("a.dcm", data.getvalue()))])
+        study = response.json()["studies"][0]["study_uid"]
+        assert client.get(f"/studies/{study}", headers=AUTH).status_code == 200
     assert response.status_code == 202, response.text
     text = buffer.getvalue()
     assert "/studies" in text  # the handler saw the requests

@@ -334,11 +334,7 @@ def test_a_worker_whose_claim_was_taken_records_and_delivers_nothing(settings, w
 
 
 def test_no_log_line_of_the_worker_holds_the_patients_name_id_or_birth_date(settings, worker, client, tmp_path):
-    import io
-    import logging
-    import warnings
-
-    from service.logs import install
+    from tests.conftest import service_log_text
 
     name, patient_id, birth_date = "Zyxwvut Qponml", "PID-SECRET-8842", "19xx0101"  # no caret: highdicom warns
     files = write_study(tmp_path / "study", seed=8)
@@ -348,21 +344,8 @@ def test_no_log_line_of_the_worker_holds_the_patients_name_id_or_birth_date(sett
         ds.save_as(path, enforce_file_format=True)
     study = spool_files(settings.spool_dir, files)
     enqueue(settings, study, client)
-    buffer = io.StringIO()
-    handler = install(logging.StreamHandler(buffer))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level = root.level
-    root.setLevel(logging.DEBUG)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            logging.captureWarnings(True)
-            outcome = worker.run_once(block_ms=100)
-    finally:
-        logging.captureWarnings(False)
-        root.removeHandler(handler)
-        root.setLevel(level)
+    with service_log_text() as buffer:
+        outcome = worker.run_once(block_ms=100)
 
     assert outcome.state == StudyState.DONE, outcome.error
     text = buffer.getvalue()
