@@ -14,7 +14,7 @@ dcmtk's storescp as the PACS, with bounded loops, and prints its figures:
 - hostile inputs over C-STORE and POST /studies, with the status each got;
 - patient name, ID and birth date of every study sent: lines of any process's log that contain them.
 
-A tiny model (the worker tests' spine-bands model, trained here in about a minute) does the inference:
+A tiny model (the worker tests' committed spine-bands model) does the inference:
 what is measured is the service around it.
 
     .venv/bin/python bench/bench_faults.py [--studies 8] [--kills 4] [--memory full|quick|off]
@@ -49,11 +49,11 @@ from service.queue.state import StudyState, StudyStore  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 from tests.service.deliver.pacs import StoreSCP  # noqa: E402
 from tests.service.worker.conftest import (  # noqa: E402
+    TINY_BANDS_MODEL,
     enqueue,
     make_settings,
     settings_env,
     spool_files,
-    train_bands_model,
     write_study,
 )
 
@@ -462,8 +462,7 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
         work = Path(tmp)
-        print("training the tiny spine-bands model ...", flush=True)
-        model_dir = train_bands_model(work / "model")
+        model_dir = TINY_BANDS_MODEL  # the service tests' committed spine-bands model
         listener_kills(work, model_dir, args.studies, args.kills)
         worker_kills(work, model_dir, args.studies, args.kills)
         redis_loss(work, model_dir, args.studies)

@@ -1,4 +1,4 @@
-"""``lumbar-ai export``: a checkpoint to a checked model directory (three ONNX graphs, tokenizer, card)."""
+"""``lumbar-ai export``: a checkpoint to a checked model directory (ONNX graphs, prompt embeddings, card)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation.json from lumbar-ai evaluate, copied into the model card")
     parser.add_argument("--parity-study", type=Path, default=None,
                         help="a generated study for the label-map check (default: generate one)")
+    parser.add_argument("--float32", action="store_true",
+                        help="store the weights as float32 (default: float16, computed in float32)")
+    parser.add_argument("--with-text-encoder", action="store_true",
+                        help="also write text_encoder.onnx and tokenizer.json, so that edited prompts in the card "
+                             "are embedded at load (about 90 MB more)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     study = read_generated_study(args.parity_study) if args.parity_study else None
-    card = export_model(args.checkpoint, args.out, args.name, args.version, study, metrics)
+    card = export_model(args.checkpoint, args.out, args.name, args.version, study, metrics,
+                        float16=not args.float32, with_text_encoder=args.with_text_encoder)
     print(json.dumps(card["export_parity"], indent=2))
     return 0

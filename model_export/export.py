@@ -31,14 +31,19 @@ from model_export.model.outline_refiner import CHECKPOINT_KEY as REFINER_KEY
 from model_export.model.outline_refiner import OutlineRefinerNet, load_outline_refiner
 from model_export.model.predict import predict_volume
 from model_export.model.text_encoder import tokenize
+from model_export.onnx_weights import store_float16
 from model_export.real_cases import data_sources
 from service.errors import ModelExportError
 from service.infer.model import DEFAULT_NORMALISATION, LEVEL_CLASSIFIER_FILE, OUTLINE_REFINER_FILE, OnnxModel
+from service.infer.prompt_embeddings import TEXT_ENCODER_FILE, TOKENIZER_FILE, write_prompt_embeddings
 from service.ontology import Ontology
 
 log = logging.getLogger(__name__)
 OPSET = 17
 TOLERANCE = 2e-3
+"""Max abs difference of an output from torch, with float32 weights."""
+FLOAT16_TOLERANCE = 3e-2
+"""The same with weights stored as float16 (model_export.onnx_weights): their rounding, not the runtime."""
 SUM_OUTPUTS = ("class_mass", "finding_mass")
 """Per-slice sums of up to h*w terms of exp(logit <= 12): their float32 rounding grows with their size, so
 they are compared relative to their largest value (reported as ``<name>_relative``)."""
@@ -67,11 +72,19 @@ class _TextEncoderGraph(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]]) -> None:
+            dynamic: dict[str, dict[int, str]], float16: bool) -> None:
+    """Write one graph (its weights stored as float16 when asked) and run the ONNX checker on it."""
     module.eval()
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    if float16:
+        store_float16(path)
+    _check_graph(path)
+
+
+def tolerance(float16: bool) -> float:
+    return FLOAT16_TOLERANCE if float16 else TOLERANCE
 
 
 def _check_graph(path: Path) -> None:
@@ -107,8 +120,10 @@ def _max_diff(module: nn.Module, path: Path, names: list[str], args: tuple, out_
     return diffs
 
 
-def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dict[str, Any]:
-    """Write the three graphs and tokenizer.json; return the parity figures."""
+def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int, float16: bool = True,
+                  with_text_encoder: bool = False) -> dict[str, Any]:
+    """Write the image encoder, the fusion head and the prompt embeddings (the text encoder and
+    tokenizer.json only when asked); return the parity figures."""
     torch.manual_seed(0)
     structures, findings = (t.detach() for t in model.class_embeddings())
     s = input_size
@@ -142,10 +157,14 @@ def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dic
                               "finding_logits": {0: "batch", 1: "findings", 2: "feature_height",
                                                  3: "feature_width"}}),
     }
+    if not with_text_encoder:
+        del specs[TEXT_ENCODER_FILE]
+    for stale in (TEXT_ENCODER_FILE, TOKENIZER_FILE):  # a re-export into the same folder must not keep them
+        (out_dir / stale).unlink(missing_ok=True)
     for name, (module, args, inputs, outputs, dynamic) in specs.items():
-        _export(module, args, out_dir / name, inputs, outputs, dynamic)
-        _check_graph(out_dir / name)
-    (out_dir / "tokenizer.json").write_text(model.tokenizer_json)
+        _export(module, args, out_dir / name, inputs, outputs, dynamic, float16)
+    if with_text_encoder:
+        (out_dir / TOKENIZER_FILE).write_text(model.tokenizer_json)
     # parity at the export shapes, then at other batch / height / width / class counts
     image2 = torch.rand(3, 2, s + 32, s - 16)
     with torch.no_grad():
@@ -158,19 +177,23 @@ def export_graphs(model: LumbarSegmenter, out_dir: Path, input_size: int) -> dic
         "fusion_head.onnx": [(features, pooled, structures, findings, grid),
                              (features2, pooled2, structures[:7], findings[:3], torch.zeros(1, 1, 97, 131))],
     }
-    parity: dict[str, Any] = {"tolerance": TOLERANCE}
+    parity: dict[str, Any] = {"tolerance": tolerance(float16),
+                              "weights": "float16, computed in float32" if float16 else "float32"}
     for name, variants in cases.items():
+        if name not in specs:
+            continue
         module, _, inputs, outputs, _ = specs[name]
         per_variant = [_max_diff(module, out_dir / name, inputs, args, outputs) for args in variants]
         parity[name] = {k: max(d[k] for d in per_variant) for k in per_variant[0]}
         for key, value in parity[name].items():
-            limit = 1e-3 if key.endswith("_disagreement") else TOLERANCE
+            limit = 1e-3 if key.endswith("_disagreement") else tolerance(float16)
             if value > limit:
                 raise ModelExportError(f"{name}: ONNX Runtime differs from torch on {key}: {value:.3g} > {limit}")
     return parity
 
 
-def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor, out_dir: Path,
+                            float16: bool = True) -> dict[str, Any]:
     """Write level_classifier.onnx and compare it with torch at two level, slice and finding counts."""
     torch.manual_seed(1)
     crop = classifier.cfg.crop
@@ -179,27 +202,28 @@ def export_level_classifier(classifier: LevelClassifier, findings: torch.Tensor,
     names, outputs = ["crops", "finding_embeddings"], ["logits"]
     _export(classifier, (crops, findings), path, names, outputs,
             {"crops": {0: "levels", 1: "slices"}, "finding_embeddings": {0: "findings"},
-             "logits": {0: "levels", 1: "findings"}})
-    _check_graph(path)
+             "logits": {0: "levels", 1: "findings"}}, float16)
     variants = [(crops, findings), (torch.rand(5, crop.slices + 2, 2, crop.pixels, crop.pixels), findings[:3])]
     diffs = [_max_diff(classifier, path, names, args, outputs)["logits"] for args in variants]
-    if max(diffs) > TOLERANCE:
-        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > {TOLERANCE}")
+    if max(diffs) > tolerance(float16):
+        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > "
+                               f"{tolerance(float16)}")
     return {"logits": max(diffs)}
 
 
-def export_outline_refiner(net: OutlineRefinerNet, out_dir: Path) -> dict[str, Any]:
+def export_outline_refiner(net: OutlineRefinerNet, out_dir: Path, float16: bool = True) -> dict[str, Any]:
     """Write outline_refiner.onnx and compare it with torch at two crop counts."""
     torch.manual_seed(2)
     pixels, channels = net.cfg.crop.pixels, net.cfg.crop.input_channels
     inputs = torch.rand(3, channels, pixels, pixels)
     path = out_dir / OUTLINE_REFINER_FILE
-    _export(net, (inputs,), path, ["inputs"], ["logits"], {"inputs": {0: "crops"}, "logits": {0: "crops"}})
-    _check_graph(path)
+    _export(net, (inputs,), path, ["inputs"], ["logits"], {"inputs": {0: "crops"}, "logits": {0: "crops"}},
+            float16)
     variants = [(inputs,), (torch.rand(7, channels, pixels, pixels),)]
     diffs = [_max_diff(net, path, ["inputs"], args, ["logits"])["logits"] for args in variants]
-    if max(diffs) > TOLERANCE:
-        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > {TOLERANCE}")
+    if max(diffs) > tolerance(float16):
+        raise ModelExportError(f"{path.name}: ONNX Runtime differs from torch by {max(diffs):.3g} > "
+                               f"{tolerance(float16)}")
     return {"logits": max(diffs)}
 
 
@@ -239,7 +263,8 @@ def default_parity_study(work: Path):
 
 
 def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str, Any], name: str,
-               version: str, metrics: dict[str, Any] | None) -> dict[str, Any]:
+               version: str, metrics: dict[str, Any] | None, embeddings: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import transformers
@@ -272,7 +297,8 @@ def build_card(ckpt: dict[str, Any], parity: dict[str, Any], agreement: dict[str
         "text": {"max_length": run["model"]["text_max_length"],
                  "prompt_aggregation": "mean of the L2-normalised prompt embeddings of a class, re-normalised",
                  "prompts": {s.name: s.prompt_texts() for s in ontology.structures}
-                 | {f.key: f.prompt_texts() for f in ontology.findings}},
+                 | {f.key: f.prompt_texts() for f in ontology.findings},
+                 **({"embeddings": embeddings} if embeddings else {})},
         "outputs": {"labels": "uint8 argmax on the caller's grid, no post-processing",
                     "finding_probability": "sigmoid(log(sum finding_mass / sum class_mass)) over slices, per raw "
                                            "class",
@@ -335,8 +361,13 @@ def _second_network_card(ckpt: dict[str, Any], key: str, section: str, graph: st
 
 
 def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, version: str = "0.1.0",
-                 parity_study: Any = None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write and check a model directory; returns the model card."""
+                 parity_study: Any = None, metrics: dict[str, Any] | None = None, float16: bool = True,
+                 with_text_encoder: bool = False) -> dict[str, Any]:
+    """Write and check a model directory; returns the model card.
+
+    By default the weights are stored as float16 and the text encoder is left out (its only use at
+    serving, the ontology's prompt embeddings, is stored instead): the directory is a fraction of the
+    float32 one with the text encoder, and the same checks against torch decide whether it exports."""
     model, ckpt = load_checkpoint(Path(checkpoint))
     if not isinstance(model, LumbarSegmenter) or not model.text_guided:
         raise ModelExportError(f"{checkpoint} is a {ckpt['run']['model']['kind']} model; only the text-guided "
@@ -344,20 +375,25 @@ def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, versi
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = model.cfg.input_size
-    parity = export_graphs(model, out_dir, size)
+    parity = export_graphs(model, out_dir, size, float16, with_text_encoder)
+    embeddings: dict[str, Any] = {}
+    if not with_text_encoder:
+        with torch.no_grad():
+            structures, findings = (t.detach().numpy() for t in model.class_embeddings())
+        embeddings = write_prompt_embeddings(out_dir, Ontology.from_dict(ckpt["ontology"]), structures, findings)
     classifier = load_level_classifier(ckpt)
     (out_dir / LEVEL_CLASSIFIER_FILE).unlink(missing_ok=True)  # a re-export without one must not keep it
     if classifier is not None:
         with torch.no_grad():
             parity[LEVEL_CLASSIFIER_FILE] = export_level_classifier(
-                classifier, model.class_embeddings()[1].detach(), out_dir)
+                classifier, model.class_embeddings()[1].detach(), out_dir, float16)
     refiner = load_outline_refiner(ckpt)
     (out_dir / OUTLINE_REFINER_FILE).unlink(missing_ok=True)
     if refiner is not None:
-        parity[OUTLINE_REFINER_FILE] = export_outline_refiner(refiner, out_dir)
+        parity[OUTLINE_REFINER_FILE] = export_outline_refiner(refiner, out_dir, float16)
     name = name or out_dir.name
     # a provisional card lets OnnxModel load the directory for the label-map check
-    card = build_card(ckpt, parity, {}, name, version, metrics)
+    card = build_card(ckpt, parity, {}, name, version, metrics, embeddings)
     (out_dir / "model.json").write_text(json.dumps(card, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         study = parity_study if parity_study is not None else default_parity_study(Path(tmp))
@@ -365,7 +401,7 @@ def export_model(checkpoint: Path, out_dir: Path, name: str | None = None, versi
     if agreement["voxel_agreement"] < MIN_LABEL_AGREEMENT:
         raise ModelExportError(f"ONNX-only label map agrees with torch on {agreement['voxel_agreement']:.4%} "
                                f"of voxels, below {MIN_LABEL_AGREEMENT:.1%}")
-    card = build_card(ckpt, parity, agreement, name, version, metrics)
+    card = build_card(ckpt, parity, agreement, name, version, metrics, embeddings)
     (out_dir / "model.json").write_text(json.dumps(card, indent=2))
     log.info("exported %s: label agreement %.5f", out_dir, agreement["voxel_agreement"])
     return card

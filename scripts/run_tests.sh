@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs pytest against a real Redis: the one named by LUMBAR_AI_REDIS_URL, else 127.0.0.1:6379 when it
-# answers, else a private redis-server started here on a free port and stopped on exit.
+# answers, else a private redis-server started here on a free port and stopped on exit. With no arguments
+# it runs the whole suite, tests/service without torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -22,4 +23,10 @@ if [ -z "${LUMBAR_AI_REDIS_URL:-}" ]; then
     echo "started redis-server on port $port for the tests"
   fi
 fi
-exec $PY -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec $PY -m pytest "$@"
+fi
+# The whole suite in two parts: the service's tests with torch made unimportable (the service and its Docker
+# images have none, and its tests load committed model directories), then everything else.
+PYTHONPATH="$PWD/tests/no_torch${PYTHONPATH:+:$PYTHONPATH}" $PY -m pytest tests/service
+$PY -m pytest tests --ignore=tests/service

@@ -1,10 +1,11 @@
 """The ONNX-only inference path of the text-guided model (numpy, onnxruntime, tokenizers; no torch).
 
-A model directory written by ``lumbar-ai export`` holds three graphs (four with a level classifier), a
-tokenizer and the model card:
+A model directory written by ``lumbar-ai export`` holds two graphs (more with a level classifier or an
+outline refiner), the embeddings of its ontology's prompts and the model card:
 
-* ``text_encoder.onnx``: prompt token ids -> L2-normalised embeddings in the shared space. Run once at
-  load on the ontology's prompts; the mean per class is what guides the fusion head.
+* ``prompt_embeddings.npz``: the mean embedding per class that guides the fusion head, computed at export
+  by the trained text encoder (service.infer.prompt_embeddings). A directory exported with its
+  ``text_encoder.onnx`` and ``tokenizer.json`` instead embeds the card's prompts at load.
 * ``image_encoder.onnx``: (B, 2, S, S) normalised [T2, T1] slices -> decoder features and a pooled vector.
 * ``fusion_head.onnx``: features + class and finding embeddings -> per-slice label map on the original
   grid, and per-structure sums from which per-level finding probabilities are pooled over the volume.
@@ -37,9 +38,15 @@ from service.infer.level_crops import CroppedLevels, CropSpec, scored_labels
 from service.infer.level_findings import combiners_from_card, exclusive_from_card
 from service.infer.onnx_session import OnnxGraph
 from service.infer.outline_crops import OutlineRefiner, OutlineSpec, refined_labels
+from service.infer.prompt_embeddings import (
+    TEXT_ENCODER_FILE,
+    embed_ontology_prompts,
+    read_prompt_embeddings,
+    uses_text_encoder,
+)
 from service.ontology import Ontology
 
-GRAPH_FILES = ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx")
+GRAPH_FILES = ("image_encoder.onnx", "fusion_head.onnx")
 LEVEL_CLASSIFIER_FILE = "level_classifier.onnx"
 """Optional fourth graph (model_export.model.level_classifier): present when the card has a
 ``level_classifier`` section, and then it scores the delivered levels' findings instead of the pooled
@@ -223,11 +230,13 @@ class OnnxModel:
             outline_crop = outline_crop_from_card(card)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelDirectoryError(f"model card {card_path} is malformed: {exc}") from exc
-        names = (GRAPH_FILES + ((LEVEL_CLASSIFIER_FILE,) if level_crop is not None else ())
+        names = (GRAPH_FILES + ((TEXT_ENCODER_FILE,) if uses_text_encoder(card) else ())
+                 + ((LEVEL_CLASSIFIER_FILE,) if level_crop is not None else ())
                  + ((OUTLINE_REFINER_FILE,) if outline_crop is not None else ()))
+        stored = None if uses_text_encoder(card) else read_prompt_embeddings(model_dir, card)
         graphs = {name: OnnxGraph(model_dir / name, providers, intra_op_threads, inter_op_threads)
                   for name in names}
-        structures, findings = embed_ontology_prompts(model_dir, card, graphs["text_encoder.onnx"])
+        structures, findings = stored or embed_ontology_prompts(model_dir, card, graphs.pop(TEXT_ENCODER_FILE))
         return cls(model_dir, card, graphs, structures, findings)
 
     def predict(self, t2: np.ndarray | None, t1: np.ndarray | None, pixel_spacing: tuple[float, float],
@@ -354,36 +363,3 @@ def _crop_section(card: dict[str, Any], name: str) -> dict[str, Any] | None:
     if not isinstance(section, dict) or not isinstance(section.get("crop"), dict):
         raise ValueError(f"{name} must hold a crop section")
     return section["crop"]
-
-
-def embed_ontology_prompts(model_dir: Path, card: dict[str, Any], text_encoder: OnnxGraph
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, E) structure and (F, E) finding embeddings: the mean of each class's prompt embeddings."""
-    from tokenizers import Tokenizer
-
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        raise ModelDirectoryError(f"missing tokenizer.json in {model_dir}")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:
-        raise ModelDirectoryError(f"cannot read {path.name}: {exc}") from exc
-    ontology = Ontology.from_dict(card["ontology"])
-    max_length = int(card.get("text", {}).get("max_length", 32))
-    groups = [s.prompt_texts() for s in ontology.structures] + [f.prompt_texts() for f in ontology.findings]
-    embeddings = np.stack([embed_texts(tokenizer, text_encoder, g, max_length).mean(axis=0) for g in groups])
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True) + 1e-12
-    k = len(ontology.structures)
-    return embeddings[:k].astype(np.float32), embeddings[k:].astype(np.float32)
-
-
-def embed_texts(tokenizer: Any, text_encoder: OnnxGraph, texts: list[str], max_length: int) -> np.ndarray:
-    encoded = tokenizer.encode_batch(texts)
-    length = min(max_length, max(len(e.ids) for e in encoded))
-    ids = np.zeros((len(texts), length), dtype=np.int64)
-    mask = np.zeros((len(texts), length), dtype=np.int64)
-    for i, e in enumerate(encoded):
-        n = min(length, len(e.ids))
-        ids[i, :n] = e.ids[:n]
-        mask[i, :n] = e.attention_mask[:n]
-    return text_encoder.run(input_ids=ids, attention_mask=mask)["embeddings"]

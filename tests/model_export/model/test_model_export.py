@@ -17,8 +17,10 @@ from service.infer.model import OnnxModel
 
 
 def test_export_writes_the_model_directory_with_a_complete_card(tiny_model_dir):
-    for name in ("image_encoder.onnx", "text_encoder.onnx", "fusion_head.onnx", "tokenizer.json", "model.json"):
+    for name in ("image_encoder.onnx", "fusion_head.onnx", "prompt_embeddings.npz", "model.json"):
         assert (tiny_model_dir / name).is_file(), name
+    for name in ("text_encoder.onnx", "tokenizer.json"):  # the stored embeddings replace them
+        assert not (tiny_model_dir / name).exists(), name
     card = json.loads((tiny_model_dir / "model.json").read_text())
     assert "synthetic data only" in card["training"]["statement"]
     assert card["input"]["channels"] == ["T2", "T1"]
@@ -28,6 +30,35 @@ def test_export_writes_the_model_directory_with_a_complete_card(tiny_model_dir):
     parity = card["export_parity"]
     assert parity["label_map"]["voxel_agreement"] >= 0.999
     assert parity["onnxruntime_vs_torch"]["image_encoder.onnx"]["features"] <= parity["onnxruntime_vs_torch"]["tolerance"]
+
+
+def test_exported_weights_are_stored_as_float16_and_the_card_says_so(tiny_model_dir):
+    from onnx import TensorProto
+
+    image = onnx.load(str(tiny_model_dir / "image_encoder.onnx"))
+    types = {i.name: i.data_type for i in image.graph.initializer}
+    assert sum(t == TensorProto.FLOAT16 for t in types.values()) >= 10
+    assert all(t != TensorProto.FLOAT or np.prod(i.dims) < 1024 for i, t in zip(image.graph.initializer, types.values(),
+                                                                             strict=True))
+    parity = json.loads((tiny_model_dir / "model.json").read_text())["export_parity"]["onnxruntime_vs_torch"]
+    assert parity["weights"] == "float16, computed in float32"
+
+
+def test_stored_prompt_embeddings_are_what_the_exported_text_encoder_computes(tiny_checkpoint, tmp_path):
+    from service.infer.onnx_session import OnnxGraph
+    from service.infer.prompt_embeddings import embed_ontology_prompts, read_prompt_embeddings
+
+    out = tmp_path / "with-text"
+    card = export_model(tiny_checkpoint, out, float16=False, with_text_encoder=True)
+    assert "embeddings" not in card["text"]
+    structures, findings = embed_ontology_prompts(out, card, OnnxGraph(out / "text_encoder.onnx"))
+    stored_card = json.loads((out / "model.json").read_text())
+    export_model(tiny_checkpoint, out)  # again into the same folder, as shipped
+    assert not (out / "text_encoder.onnx").exists() and not (out / "tokenizer.json").exists()
+    stored = read_prompt_embeddings(out, json.loads((out / "model.json").read_text()))
+    np.testing.assert_allclose(stored[0], structures, atol=1e-5)
+    np.testing.assert_allclose(stored[1], findings, atol=1e-5)
+    assert stored_card["export_parity"]["onnxruntime_vs_torch"]["weights"] == "float32"
 
 
 def test_exported_graphs_declare_dynamic_batch_size_and_class_count(tiny_model_dir):
@@ -122,7 +153,7 @@ def test_parity_compares_per_slice_sums_relative_to_their_size(tmp_path):
 
     x = torch.full((1, 3, 80, 80), 11.9) + torch.rand(1, 3, 80, 80) * 0.1
     path = tmp_path / "sums.onnx"
-    _export(Sums(), (x,), path, ["x"], ["finding_mass", "logits"], {"x": {0: "batch"}})
+    _export(Sums(), (x,), path, ["x"], ["finding_mass", "logits"], {"x": {0: "batch"}}, float16=False)
     diffs = _max_diff(Sums(), path, ["x"], (x,), ["finding_mass", "logits"])
     assert set(diffs) == {"finding_mass_relative", "logits"}
     assert diffs["finding_mass_relative"] < 1e-5 and diffs["logits"] < 1e-5

@@ -107,3 +107,30 @@ def test_non_square_slices_are_padded_to_a_square_not_stretched():
     x = model_input(t2, None, (16, 16))
     assert np.allclose(x[0, 0, :, :7], 1.0, atol=1e-5)  # the image fills the left half...
     assert np.allclose(x[0, 0, :, 9:], 0.0, atol=1e-5)  # ...and the padding the right half
+
+
+def _card_with_stored_embeddings(folder) -> dict:
+    from service.infer.prompt_embeddings import write_prompt_embeddings
+
+    k, f = len(DEFAULT_ONTOLOGY.structures), len(DEFAULT_ONTOLOGY.findings)
+    rng = np.random.default_rng(0)
+    section = write_prompt_embeddings(folder, DEFAULT_ONTOLOGY, rng.normal(size=(k, 8)), rng.normal(size=(f, 8)))
+    return {"ontology": DEFAULT_ONTOLOGY.to_dict(), "input": {"size": [64, 64]}, "text": {"embeddings": section}}
+
+
+def test_card_whose_prompts_were_edited_after_export_is_refused_rather_than_guided_by_stale_embeddings(tmp_path):
+    card = _card_with_stored_embeddings(tmp_path)
+    card["ontology"]["structures"][0]["prompts"] = ["the os sacrum"]
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelDirectoryError, match="other prompts"):
+        OnnxModel.load(tmp_path)
+
+
+def test_stored_embeddings_of_the_wrong_class_count_are_refused(tmp_path):
+    card = _card_with_stored_embeddings(tmp_path)
+    with np.load(tmp_path / "prompt_embeddings.npz") as stored:
+        np.savez(tmp_path / "prompt_embeddings.npz", structures=stored["structures"][:5], findings=stored["findings"])
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelDirectoryError, match="19 structures"):
+        OnnxModel.load(tmp_path)
+

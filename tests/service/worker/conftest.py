@@ -1,15 +1,13 @@
 """A small exported model that finds something, studies written as DICOM into a spool, settings per test.
 
-The model issue's own tiny fixture trains for 8 steps and predicts background everywhere, which only
-exercises the worker's "nothing found" path. Here the same code (model_export: tiny config, train,
-export with its parity checks) trains for a few more steps on large, high-contrast structures, so the
-exported graphs segment something real and the worker's whole path - SEG, SR, delivery - runs on the
-output of ONNX Runtime, not on anything hand-made.
+The model directories are committed (tests/fixtures/models, built by tests/fixtures/build_models.py with
+the real training and export code): a tiny text-guided model trained a few steps on large, high-contrast
+spine bands, so the exported graphs segment something real and the worker's whole path - SEG, SR,
+delivery - runs on the output of ONNX Runtime, not on anything hand-made, and without torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import uuid
@@ -29,7 +27,9 @@ from tests.service.encode.dicom_factory import Geometry, write_series
 from tests.service.encode.label_factory import CANONICAL, spine
 
 STUDY_SHAPE = (5, 64, 64)
-TRAIN_STEPS = 30
+FIXTURE_MODELS = Path(__file__).resolve().parents[2] / "fixtures" / "models"
+TINY_BANDS_MODEL = FIXTURE_MODELS / "tiny-bands"
+TINY_LEVELS_MODEL = FIXTURE_MODELS / "tiny-levels"
 SAGITTAL_DIRECTION = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 
@@ -50,75 +50,15 @@ def spine_images(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @pytest.fixture(scope="session")
-def worker_model_dir(tmp_path_factory) -> Path:
-    """The tiny text-guided model trained TRAIN_STEPS steps on spine bands, exported and parity-checked."""
-    pytest.importorskip("torch")
-    return train_bands_model(tmp_path_factory.mktemp("worker_model"))
-
-
-def train_bands_model(root: Path) -> Path:
-    """Trains and exports the tiny spine-bands model under ``root`` (also used by bench/bench_faults.py)."""
-    import SimpleITK as sitk
-
-    from model_export.configs import get_config
-    from model_export.data import Case
-    from model_export.export import export_model
-    from model_export.training.loop import train
-    from service.ontology import DEFAULT_ONTOLOGY
-
-    for i in range(3):
-        labels = spine_labels(i)
-        t2, t1 = spine_images(labels, i)
-        folder = root / "cases" / f"case{i}"
-        folder.mkdir(parents=True)
-        for name, array in (("t2", t2), ("t1", t1), ("labels", labels)):
-            image = sitk.GetImageFromArray(array)
-            image.SetSpacing((1.0, 1.0, 4.0))
-            image.SetDirection(SAGITTAL_DIRECTION)
-            sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
-        (folder / "findings.json").write_text(json.dumps({"levels": {  # for the level classifier
-            "L5/S1": {"disc_bulging": i == 0, "disc_protrusion": i == 1}, "L5": {"vertebral_degeneration": i == 2}}}))
-    run = get_config("tiny")
-    run = dataclasses.replace(
-        run,
-        train=dataclasses.replace(
-            run.train, steps=TRAIN_STEPS, lr=0.003, checkpoint_every=TRAIN_STEPS, log_every=10, threads=1
-        ),
-    )
-    checkpoint = train(root / "cases", run, root / "run", progress=False)
-    labels = spine_labels(99)
-    t2, t1 = spine_images(labels, 99)
-    parity = Case(
-        "bands",
-        t2,
-        t1,
-        labels,
-        frozenset(s.label for s in DEFAULT_ONTOLOGY.structures),
-        pixel_spacing=(1.0, 1.0),
-    )
-    out = root / "tiny-bands"
-    export_model(checkpoint, out, parity_study=parity)
-    return out
+def worker_model_dir() -> Path:
+    """The tiny text-guided model trained on spine bands, as committed (tests/fixtures/build_models.py)."""
+    return TINY_BANDS_MODEL
 
 
 @pytest.fixture(scope="session")
-def worker_level_model_dir(worker_model_dir, tmp_path_factory) -> Path:
-    """The same model with a level classifier and an outline refiner trained a few steps on the same cases,
-    exported."""
-    from model_export.data import discover_cases
-    from model_export.export import export_model
-    from model_export.training.level_training import add_level_classifier
-    from model_export.training.outline_training import attach_refiner, train_refiner_file
-
-    root = worker_model_dir.parent
-    cases = discover_cases(root / "cases")
-    levels = add_level_classifier(root / "run" / "final.pt", cases, None, root / "run" / "levels.pt", steps=3,
-                                  batch=8, variants=0, progress=False)["out"]
-    refiner = train_refiner_file(cases, None, root / "run" / "refiner.pt", steps=2, batch=4, progress=False)["out"]
-    checkpoint = attach_refiner(Path(levels), Path(refiner), root / "run" / "full.pt")["out"]
-    out = tmp_path_factory.mktemp("worker_level_model") / "tiny-levels"
-    export_model(Path(checkpoint), out, parity_study=None)
-    return out
+def worker_level_model_dir() -> Path:
+    """The same model with a level classifier and an outline refiner, as committed."""
+    return TINY_LEVELS_MODEL
 
 
 @pytest.fixture(scope="session")
@@ -249,7 +189,6 @@ def make_settings(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as LUMBAR_AI_* environment variables, for a worker subprocess."""
-    import json
 
     env = {}
     for name in (
