@@ -12,6 +12,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SHIPPED_MODEL_NAME = "lumbar-ai-1"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / SHIPPED_MODEL_NAME
+"""The trained model committed with the project (models/lumbar-ai-1 in a checkout); the Docker images
+carry it at /models/lumbar-ai-1 and point LUMBAR_AI_MODEL_DIR there."""
+
 
 class Destination(BaseModel):
     """A DICOM peer that receives our results over C-STORE."""
@@ -66,7 +71,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
 
     # ④ infer
-    model_dir: Path = Path("models/demo")
+    model_dir: Path = SHIPPED_MODEL_DIR
+    """An exported model directory; by default the model shipped with the project."""
     onnx_providers: list[str] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )

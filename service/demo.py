@@ -1,13 +1,14 @@
 """``lumbar-ai demo``: the whole pipeline on this machine, on a study the model never saw.
 
-Builds the demo model when absent, starts Redis (only when none answers), the listener, a worker, the API
-and a PACS stand-in (dcmtk ``storescp``) as subprocesses, generates a synthetic study with a seed outside
-the training range, sends it with a real C-STORE (dcmtk ``storescu``), waits for the result and prints the
+Runs the model shipped with the project (or the one named by --model-dir or LUMBAR_AI_MODEL_DIR; with
+--build-demo-model it first trains models/demo on generated studies), starts Redis (only when none
+answers), the listener, a worker, the API and a PACS stand-in (dcmtk ``storescp``) as subprocesses,
+generates a synthetic study with a seed outside the training range, sends it with a real C-STORE (dcmtk ``storescu``), waits for the result and prints the
 findings per level and where the SEG, SR and preview are. Ctrl-C stops the processes it started, and only
 those: each runs in its own session and is stopped by its own process group id.
 
 The model_export package is reached through importlib only (``service`` never imports it), so a service
-install without the training extras can still run the demo with ``--model-dir``.
+install without the training extras can still run the demo on a DICOM folder (``--study``).
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ STREAM_PREFIX = "lumbar-ai-demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", type=Path, help="use this exported model directory (skip the build)")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where models/demo is built")
-    parser.add_argument("--build-budget", type=float, default=900.0, help="seconds for building the model")
+    parser.add_argument("--model-dir", type=Path,
+                        help="use this exported model directory (default: LUMBAR_AI_MODEL_DIR, else the shipped model)")
+    parser.add_argument("--build-demo-model", action="store_true",
+                        help="train models/demo on generated studies first and use it (the retraining path)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+                        help="with --build-demo-model: where models/demo is built")
+    parser.add_argument("--build-budget", type=float, default=900.0,
+                        help="with --build-demo-model: seconds for building the model")
     parser.add_argument("--data-dir", type=Path, default=Path("var/demo"), help="spool, results, PACS, logs")
     parser.add_argument(
         "--seed", type=int, help=f"seed of the generated study (default: random in {HELD_OUT_SEEDS})"
@@ -74,11 +80,18 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _ensure_model(args: argparse.Namespace) -> Path:
+def _ensure_model(args: argparse.Namespace, settings_model_dir: Path) -> Path:
+    """The model directory the demo runs: --model-dir, a freshly built models/demo, or the settings' one
+    (LUMBAR_AI_MODEL_DIR, else the model shipped with the project)."""
     if args.model_dir is not None:
         if not (args.model_dir / "model.json").is_file():
             raise ConfigError(f"--model-dir {args.model_dir} has no model.json")
         return args.model_dir
+    if not args.build_demo_model:
+        if not (settings_model_dir / "model.json").is_file():
+            raise ConfigError(f"the model directory {settings_model_dir} has no model.json: set LUMBAR_AI_MODEL_DIR, "
+                              "pass --model-dir, or train one with --build-demo-model")
+        return settings_model_dir
     try:
         demo_model = importlib.import_module("model_export.demo_model")
     except ModuleNotFoundError as exc:
@@ -214,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     # installed explicitly: a shell that starts the demo in the background leaves SIGINT ignored
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model_dir = _ensure_model(args).resolve()
+        model_dir = _ensure_model(args, settings.model_dir).resolve()
         redis_url = settings.redis_url
         if not _redis_answers(redis_url):
             redis_server = shutil.which("redis-server")

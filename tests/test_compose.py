@@ -234,3 +234,15 @@ def test_healthcheck_worker_wants_a_heartbeat_from_its_own_host(redis_url: str) 
     telemetry.heartbeat(client, prefix, f"worker-{socket.gethostname()}-42", "demo", "1", [])  # its format
     result = _healthcheck("worker", env)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.gpu"])
+def test_images_carry_the_shipped_model_and_load_it_by_default(dockerfile: str, compose: dict) -> None:
+    from service.config import SHIPPED_MODEL_DIR, SHIPPED_MODEL_NAME
+
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(rf"^COPY models/{SHIPPED_MODEL_NAME} /models/{SHIPPED_MODEL_NAME}$", text, flags=re.M)
+    assert f"LUMBAR_AI_MODEL_DIR=/models/{SHIPPED_MODEL_NAME}" in text
+    worker_env = _service_env(compose["services"]["worker"])
+    assert worker_env["LUMBAR_AI_MODEL_DIR"] == f"/models/{SHIPPED_MODEL_NAME}"  # the mounted ./models holds it
+    assert SHIPPED_MODEL_DIR == ROOT / "models" / SHIPPED_MODEL_NAME

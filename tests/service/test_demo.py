@@ -22,7 +22,7 @@ from tests.conftest import ROOT, free_port, require_tool
 
 # The worker tests' model: the tiny config trained a few more steps on spine bands, so that it finds
 # structures, exported with the export's own parity checks; and their writer of band studies as DICOM.
-from tests.service.worker.conftest import worker_model_dir, write_study  # noqa: F401
+from tests.service.worker.conftest import TINY_BANDS_MODEL, worker_model_dir, write_study  # noqa: F401
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -128,3 +128,17 @@ def test_dcmtk_tools_are_found_past_pynetdicoms_python_apps_of_the_same_name(tmp
     assert find_dcmtk("storescp") == str(system_bin / "storescp")
     monkeypatch.setenv("PATH", str(venv_bin))
     assert find_dcmtk("storescp") is None
+
+
+def test_demo_runs_the_configured_model_and_says_what_to_do_when_it_is_missing(tmp_path: Path) -> None:
+    import argparse
+
+    from service.demo import _ensure_model, add_arguments
+    from service.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert _ensure_model(args, TINY_BANDS_MODEL) == TINY_BANDS_MODEL
+    with pytest.raises(ConfigError, match="no model.json.*--build-demo-model"):
+        _ensure_model(args, tmp_path / "nothing-here")
