@@ -17,8 +17,9 @@ kind of each voxel (sacrum, vertebra, disc) and named by their rank:
 3. One offset names the whole chain (which disc is L5/S1). When a sacrum lies under the lowest disc,
    levels are counted up from it, whatever the model called the discs: right under it, that disc is
    L5/S1; an empty gap of about one disc spacing means the model missed one level there, and so on. A
-   vertebral body in that gap with no disc under it is the top of the sacrum (S1) taken for L5: on
-   generated validation studies that confusion was more common than a missed L5/S1 disc.
+   vertebral body in that gap with no disc under it is the top of the sacrum (S1) taken for L5 when it is
+   a sliver against the vertebra above (common on generated studies), and L5 over a missed L5/S1 disc
+   when it is as tall (common on real scans, where the model finds discs patchily).
    Otherwise (sacrum out of view or not found) the offset is the one whose names agree best with the
    model's own labels, each structure's vote being the share of its voxels the model gave that name.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from service.infer.disc_finding import KIND_CODES, Disc, depth_axis, disc_normal, find_discs
 from service.ontology import Ontology, Structure
@@ -37,6 +39,10 @@ from service.ontology import Ontology, Structure
 LEVELS_UNDER_ROUNDING = 0.35
 """Levels missed between the sacrum and the lowest disc found: floor(gap / spacing + this). A sacrum right
 under the disc (gap about half a disc) gives 0; one vertebra and disc missed (gap about 1.1 spacings) 1."""
+SLIVER_SHARE = 0.6
+"""A vertebral body under the lowest disc found that is less than this share as tall as the vertebra above
+that disc is the top of the sacrum (S1) taken for L5 (as on generated studies); a taller one is L5 over an
+L5/S1 disc the model missed (as on real scans, where discs are found patchily)."""
 GAP_RATIO = 1.6
 """A disc spacing at least this multiple of the median spacing holds a disc the model missed."""
 FRONT_MARGIN_MM = 8.0
@@ -65,8 +71,12 @@ class Counting:
     anchored_on_sacrum: bool
 
 
-def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) -> Counting | None:
-    """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None."""
+def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int, anchor_on_sacrum: bool = True
+                 ) -> Counting | None:
+    """Name every sacrum, vertebra and disc voxel of ``labels`` by its rank in the column, or None.
+
+    ``anchor_on_sacrum=False``: the offset that agrees best with the model's labels even where a sacrum
+    lies under the lowest disc (for a model whose own naming is trusted)."""
     kind = _kind_map(labels, ontology)
     found = find_discs(kind, grid, min_voxels, labels)
     if found is None:
@@ -89,9 +99,12 @@ def count_levels(labels: np.ndarray, ontology: Ontology, grid, min_voxels: int) 
     sacrum_kept = (sacrum_index >= 0) & ~sacrum_out
     sacrum_top = (sacrum_index == 0) & sacrum_body
     offsets = range(len(disc_order) - positions[-1])
-    anchored = bool(sacrum_top.any())
+    anchored = anchor_on_sacrum and bool(sacrum_top.any())
     if anchored:  # count up from the sacrum, including the levels the model missed just above it
-        missed = _levels_under(discs, positions, sacrum_top | (body_index == 0), grid, axis)
+        bodies_under = body_index == 0
+        top_of_sacrum = is_top_of_sacrum(bodies_under, body_index == 1, grid, axis)
+        missed = _levels_under(discs, positions, sacrum_top | bodies_under if top_of_sacrum else sacrum_top,
+                               grid, axis)
         anchored = missed in offsets
         offsets = range(missed, missed + 1) if anchored else offsets
     intervals = [body_index == k for k in range(len(discs) + 1)]  # bodies under, between and over the discs
@@ -135,10 +148,29 @@ def _levels_under(discs: list[Disc], positions: list[int], bone_under: np.ndarra
                   ) -> int:
     """Levels between the sacrum and the lowest disc found, from the gap and the lowest disc spacing.
 
-    ``bone_under`` is the sacrum plus any vertebral body under the lowest disc: a body there with no disc
-    under it is the top of the sacrum (S1) taken for L5, so it closes the gap."""
+    ``bone_under`` is the sacrum, plus any vertebral body under the lowest disc that is the top of the
+    sacrum taken for L5 (which closes the gap)."""
     spacing = float((discs[1].centroid - discs[0].centroid) @ axis) / (positions[1] - positions[0])
     return int(np.floor(_gap_below(bone_under, discs[0], grid) / spacing + LEVELS_UNDER_ROUNDING))
+
+
+def is_top_of_sacrum(body: np.ndarray, vertebra_above: np.ndarray, grid, axis: np.ndarray) -> bool:
+    """Whether a vertebral body right above the sacrum, with no disc between, is the top of the sacrum
+    taken for L5: a sliver, less than SLIVER_SHARE as tall along the column as the vertebra above it. A
+    whole L5 over a disc the model missed or drew thin is as tall as L4. Without a vertebra above to
+    compare with, it is taken for the top of the sacrum (the more common confusion on generated studies)."""
+    if not body.any():
+        return False
+    if not vertebra_above.any():
+        return True
+    return _height(body, grid, axis) < SLIVER_SHARE * _height(vertebra_above, grid, axis)
+
+
+def _height(mask: np.ndarray, grid, axis: np.ndarray) -> float:
+    """Extent (mm) of a mask along the column, between the 5th and 95th percentiles of its voxels."""
+    along = grid.index_to_patient(np.argwhere(mask)) @ axis
+    low, high = np.percentile(along, [5, 95])
+    return float(high - low)
 
 
 def _kind_map(labels: np.ndarray, ontology: Ontology) -> np.ndarray:

@@ -372,7 +372,8 @@ def _one_level_up(labels: list[int]) -> list[int]:
 
 
 def test_raw_naming_agreement_is_one_for_a_consistent_column_and_less_for_a_swapped_one():
-    from service.infer.postprocess import _ordered_components, raw_naming_agreement
+    from service.infer.ordered_naming import ordered_components as _ordered_components
+    from service.infer.ordered_naming import raw_naming_agreement
 
     l3, l4 = ONT.by_level("L3", "vertebra").label, ONT.by_level("L4", "vertebra").label
     for labels, expected_one in ((CANONICAL, True), ([{l3: l4, l4: l3}.get(v, v) for v in CANONICAL], False)):
@@ -381,13 +382,25 @@ def test_raw_naming_agreement_is_one_for_a_consistent_column_and_less_for_a_swap
         assert (raw_naming_agreement(ordered, changes) == 1.0) is expected_one
 
 
-def test_a_column_the_model_named_consistently_is_delivered_as_named_once_raw_naming_is_trusted(monkeypatch):
+def test_a_column_whose_discs_the_model_found_patchily_keeps_the_names_it_gave_its_bodies():
+    """As on real scans: only two discs found, three levels apart. Counting would take them for neighbours
+    and rename the column; the model's own names are consistent and fit the column, so they are delivered."""
+    labels = spine(CANONICAL)
+    for disc in ONT.of_kind("disc"):
+        if disc.level not in ("L4/L5", "L1/L2"):
+            labels[labels == disc.label] = 0
+    result = postprocess(labels, {}, ONT, {}, grid())
+    assert [lv.label for lv in result.levels] == [v for v in CANONICAL if v in np.unique(labels)]
+    np.testing.assert_array_equal(result.labels, labels)
+    assert not [c for c in result.changes if c.kind == "relabelled"]
+
+
+def test_counting_from_the_sacrum_still_decides_when_the_model_named_its_column_one_level_high(monkeypatch):
     import service.infer.postprocess as module
 
     shifted = spine(_one_level_up(CANONICAL))
-    counted = postprocess(shifted, {}, ONT, {}, grid())  # counting from the sacrum renames every level
-    assert any(c.kind == "relabelled" for c in counted.changes)
-    monkeypatch.setattr(module, "RAW_NAMING_TRUSTED", 0.99)
-    trusted = postprocess(shifted, {}, ONT, {}, grid())
-    assert not any(c.kind == "relabelled" for c in trusted.changes)
-    np.testing.assert_array_equal(trusted.labels, shifted)
+    for trusted in (0.95, 0.5):  # however consistent the naming, it skips L5/S1 and L5 above the sacrum
+        monkeypatch.setattr(module, "RAW_NAMING_TRUSTED", trusted)
+        result = postprocess(shifted, {}, ONT, {}, grid())
+        assert [lv.label for lv in result.levels][:3] == CANONICAL[:3]
+        assert any(c.kind == "relabelled" and c.reason == "counted from the sacrum" for c in result.changes)
