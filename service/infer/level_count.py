@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from service.infer.disc_finding import KIND_CODES, Disc, depth_axis, disc_normal, find_discs
 from service.ontology import Ontology, Structure

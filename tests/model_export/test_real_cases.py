@@ -112,7 +112,7 @@ def test_certain_background_extends_in_front_of_the_end_rows_above_and_below_the
 
 
 def test_card_data_sources_name_every_real_set_its_licence_and_cases():
-    from model_export.export import SYNTHETIC_STATEMENT, training_statement
+    from model_export.model_card import SYNTHETIC_STATEMENT, training_statement
     from model_export.real_cases import data_sources
 
     provenance = {"training_cases": ["study_1", "study_2"], "validation_cases": ["study_3"],

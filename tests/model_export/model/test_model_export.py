@@ -165,7 +165,7 @@ def test_card_carries_the_tuned_disc_finding_combiners_and_the_service_loads_the
 
     import torch
 
-    from model_export.export import build_card
+    from model_export.model_card import build_card
     from service.infer.level_findings import LEARNED
 
     combiner = {"features": [LEARNED, "posterior_extent_mm", "migration_mm"], "mean": [0.0, 1.0, 0.0],
@@ -188,7 +188,7 @@ def test_card_carries_the_exclusive_findings_and_the_service_refuses_a_malformed
 
     import torch
 
-    from model_export.export import build_card
+    from model_export.model_card import build_card
     from service.errors import ModelDirectoryError
 
     contour = [["disc_bulging", "disc_protrusion", "disc_extrusion"]]
