@@ -1,14 +1,17 @@
 """Worker time per study split by stage, and throughput with 1 and 2 worker processes.
 
-    .venv/bin/python bench/bench_worker.py [--model-dir models/demo] [--studies 4] [--model-bench-json F]
+    .venv/bin/python bench/bench_worker.py [--model-dir models/lumbar-ai-1] [--peer-model-dir models/demo]
+        [--studies 4] [--model-bench-json F]
 
 The study is generated: two 15-slice 512x512 sagittal series (T2, T1), the issue's target case. Stages
 come from the worker's own timings (decode, resample, preprocess, image encoder, fusion head, findings,
 postprocess, SEG, SR, preview, write) plus one C-STORE of the three DICOM results to dcmtk's storescp
 (delivery). Throughput runs real ``lumbar-ai worker`` processes against Redis on --studies copies of the
 study: 1 worker with --threads ONNX Runtime threads, then 2 workers with half as many each (the same
-cores). Printed as ratios: per-study time against the 5 s target, 2 workers against 1, and, when the
-model bench's JSON is given (bench/bench_model.py --json), ONNX Runtime against torch.
+cores). Printed as ratios: per-study time against the 5 s target, against the peer model's (models/demo,
+the model ``make demo`` trained before a model was shipped, when it is there) on the same study in the same
+run, 2 workers against 1, and, when the model bench's JSON is given (bench/bench_model.py --json), ONNX
+Runtime against torch.
 """
 
 from __future__ import annotations
@@ -163,7 +166,9 @@ def torch_ratio(bench_json: Path | None) -> tuple[float, str] | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "demo")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "lumbar-ai-1")
+    parser.add_argument("--peer-model-dir", type=Path, default=ROOT / "models" / "demo",
+                        help="model timed on the same study for the ratio (skipped when absent)")
     parser.add_argument("--studies", type=int, default=4, help="studies per throughput run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -175,7 +180,7 @@ def main() -> int:
     from service.infer.model import OnnxModel
 
     if not (args.model_dir / "model.json").is_file():
-        print(f"no model at {args.model_dir}: run `make demo` (or lumbar-ai build-demo-model) or pass --model-dir")
+        print(f"no model at {args.model_dir}: pass --model-dir (the shipped model is models/lumbar-ai-1)")
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -198,6 +203,14 @@ def main() -> int:
         print(f"  {'total per study':24s} {per_study:8.3f}")
         print(f"ratio per-study time / target {TARGET_S:g} s: {per_study / TARGET_S:.2f} "
               f"({'met' if per_study <= TARGET_S else 'NOT met'})")
+        if (args.peer_model_dir / "model.json").is_file():
+            peer = OnnxModel.load(args.peer_model_dir, settings.onnx_providers, args.threads, 1)
+            peer_settings = settings.model_copy(update={"model_dir": args.peer_model_dir})
+            peer_total = stage_times(peer_settings, peer, jobs[0], args.repeats)["total"] + (deliver or 0.0)
+            print(f"peer {peer.card.get('name')} {peer.version} ({args.peer_model_dir}): {peer_total:.3f} s per "
+                  f"study; ratio model / peer = {per_study / peer_total:.2f}")
+        else:
+            print(f"no peer model at {args.peer_model_dir}: per-study ratio against a peer not measured")
         log = tmp / "workers.log"
         one = throughput(settings, jobs, 1, args.threads, log)
         two = throughput(settings, [make_job(*spool_copy(study_dir, settings.spool_dir, 100 + i))

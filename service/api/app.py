@@ -40,7 +40,7 @@ DESCRIPTION = """
 Lumbar spine MRI AI service. Upload a study (or let the PACS send it over DICOM), follow its state, and
 fetch the results: a JSON report, a DICOM SEG of 19 structures, a DICOM SR (TID 1500) with the findings
 per level, and a preview image. Authenticate with `Authorization: Bearer <API key>`.
-The bundled demo model is trained on synthetic data only; it is not a medical device.
+The shipped model is trained partly on synthetic data (its model card says on what); it is not a medical device.
 """
 
 

@@ -79,7 +79,20 @@ class ResultContext:
 
     @property
     def trained_on_synthetic_data(self) -> bool:
+        """True for a model trained wholly or partly on generated studies."""
         return "synthetic" in self.provenance_statement.lower()
+
+    @property
+    def synthetic_data_statement(self) -> str:
+        """One sentence for the report and the preview: how much of the training data was generated.
+
+        A model trained partly on real scans must not be labelled "synthetic only", nor one trained on
+        generated studies alone be passed off as validated on real scans."""
+        if not self.trained_on_synthetic_data:
+            return ""
+        if "partly" in self.provenance_statement.lower():
+            return "Model trained partly on synthetic data, partly on real labelled scans (see its model card)"
+        return "Model trained on synthetic data only; its results on real scans are not validated"
 
     @property
     def software_versions(self) -> list[str]:

@@ -111,8 +111,8 @@ def _annotate(
         draw.rectangle(box, fill=(0, 0, 0))
         draw.text((x, y), text, font=font, anchor=anchor, fill=(255, 255, 0) if positives else (255, 255, 255))
     banner = [f"lumbar-ai - {context.model_name} {context.model_version} - AI result, not verified by a physician"]
-    if context.trained_on_synthetic_data:
-        banner.append("Model trained on synthetic data only")
+    if context.synthetic_data_statement:
+        banner.append(context.synthetic_data_statement.split(";")[0])
     y = 4
     for line in banner:
         box = draw.textbbox((4, y), line, font=small)

@@ -69,11 +69,7 @@ def build_report(
                 "findings": findings,
             }
         )
-    statement = (
-        "This model was trained on synthetic data only; its results on real scans are not validated."
-        if context.trained_on_synthetic_data
-        else ""
-    )
+    statement = f"{context.synthetic_data_statement}." if context.synthetic_data_statement else ""
     return {
         "schema": SCHEMA,
         "study_uid": study_uid,

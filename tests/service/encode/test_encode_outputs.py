@@ -146,3 +146,13 @@ def test_provenance_is_read_from_the_exported_cards_training_statement(case: Cas
     context = ResultContext.from_card(case.context.job_id, card, "lumbar-ai project")
     assert context.trained_on_synthetic_data
     assert context.provenance_statement.startswith("trained on synthetic data only")
+
+
+def test_report_of_a_model_trained_partly_on_real_scans_does_not_say_synthetic_only(case: Case):
+    card = {k: v for k, v in CARD.items() if k != "provenance"} | {
+        "training": {"statement": "trained partly on synthetic data: generated studies mixed with 49 real scans"}
+    }
+    context = ResultContext.from_card(case.context.job_id, card, "lumbar-ai project")
+    report = json.loads(_bundle(case, context=context).files["report"])
+    assert report["model"]["trained_on_synthetic_data"] is True
+    assert "partly on synthetic data" in report["statement"] and "only" not in report["statement"]
